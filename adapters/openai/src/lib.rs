@@ -1,0 +1,130 @@
+//! `openai`: any OpenAI-compatible upstream (OpenAI, Groq, OpenRouter, DeepSeek, SiliconFlow,
+//! vLLM, Ollama, …). The request passes through with the channel's model; streams ask upstream for
+//! usage and drop the usage chunk again when the client did not ask for it; errors — including
+//! ones inside a 200 response or stream — are classified.
+//!
+//! Provider options (`providers.yaml` → `options`):
+//! - `stream_usage: false` — do not add `stream_options.include_usage` (for upstreams that refuse it);
+//! - `headers: {name: value}` — extra headers (OpenRouter's `HTTP-Referer`, …).
+
+mod errors;
+
+use smart_router_sdk::json::{Map, Value, json};
+use smart_router_sdk::{
+    Adapter, Auth, ChatResponse, ErrorClass, HttpRequest, ProviderError, RequestContext, SseEvent,
+    StreamOutput, StreamTranslator, Usage, export_adapter,
+};
+
+struct OpenAi;
+
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ProviderError> {
+    match smart_router_sdk::json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err(ProviderError::new(ErrorClass::ServerError, "the provider answered with JSON that is not an object")),
+        Err(e) => Err(ProviderError::new(ErrorClass::ServerError, format!("the provider answered with invalid JSON: {e}"))),
+    }
+}
+
+/// OpenAI usage → the WIT record.
+pub(crate) fn usage_of(v: &Value) -> Option<Usage> {
+    let u = v.as_object()?;
+    let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0).min(u64::from(u32::MAX)) as u32;
+    Some(Usage {
+        prompt_tokens: n(u.get("prompt_tokens")),
+        completion_tokens: n(u.get("completion_tokens")),
+        cached_tokens: n(u.get("prompt_tokens_details").and_then(|d| d.get("cached_tokens"))),
+        reasoning_tokens: n(u.get("completion_tokens_details").and_then(|d| d.get("reasoning_tokens"))),
+    })
+}
+
+impl Adapter for OpenAi {
+    type Stream = OpenAiStream;
+
+    fn translate_request(ctx: &RequestContext, body: &str) -> Result<HttpRequest, ProviderError> {
+        let mut req = match smart_router_sdk::json::from_str::<Value>(body) {
+            Ok(Value::Object(o)) => o,
+            _ => return Err(ProviderError::new(ErrorClass::BadRequest, "the request body is not a JSON object")),
+        };
+        let options: Value = smart_router_sdk::json::from_str(&ctx.options).unwrap_or(Value::Null);
+        req.insert("model".into(), Value::String(ctx.model.clone()));
+        if ctx.is_stream && options.get("stream_usage").and_then(Value::as_bool) != Some(false) {
+            let so = req.entry("stream_options").or_insert_with(|| json!({}));
+            if let Value::Object(so) = so {
+                so.insert("include_usage".into(), Value::Bool(true));
+            }
+        }
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        if ctx.is_stream {
+            headers.push(("accept".into(), "text/event-stream".into()));
+        }
+        if let Some(extra) = options.get("headers").and_then(Value::as_object) {
+            for (k, v) in extra {
+                if let Some(v) = v.as_str() {
+                    headers.push((k.clone(), v.to_string()));
+                }
+            }
+        }
+        Ok(HttpRequest {
+            method: "POST".into(),
+            path: "/chat/completions".into(),
+            headers,
+            body: Value::Object(req).to_string().into_bytes(),
+            auth: Auth::Bearer,
+        })
+    }
+
+    fn translate_response(_ctx: &RequestContext, status: u16, body: &[u8]) -> Result<ChatResponse, ProviderError> {
+        let obj = parse_object(body)?;
+        if obj.contains_key("error") || obj.get("object").and_then(Value::as_str) == Some("error") {
+            return Err(errors::classify(status, &[], &Value::Object(obj)));
+        }
+        if !obj.get("choices").is_some_and(Value::is_array) {
+            return Err(ProviderError::new(ErrorClass::ServerError, "the provider's response has no `choices`"));
+        }
+        let usage = obj.get("usage").and_then(usage_of);
+        // The body passes through unchanged: every field the provider sent reaches the client.
+        let body = String::from_utf8_lossy(body).into_owned();
+        Ok(ChatResponse { body, usage })
+    }
+
+    fn classify_error(status: u16, headers: &[(String, String)], body: &[u8]) -> ProviderError {
+        let v = smart_router_sdk::json::from_slice::<Value>(body).unwrap_or(Value::Null);
+        errors::classify(status, headers, &v)
+    }
+}
+
+/// Stream translation: chunks pass through; usage is captured; errors inside the stream surface.
+pub struct OpenAiStream {
+    include_usage: bool,
+}
+
+impl StreamTranslator for OpenAiStream {
+    fn new(ctx: RequestContext) -> Self {
+        OpenAiStream { include_usage: ctx.include_usage }
+    }
+
+    fn push(&mut self, event: SseEvent) -> Result<StreamOutput, ProviderError> {
+        let data = event.data.trim();
+        if data.is_empty() {
+            return Ok(StreamOutput::empty());
+        }
+        if data == "[DONE]" {
+            return Ok(StreamOutput { chunks: Vec::new(), usage: None, done: true });
+        }
+        let chunk: Value = smart_router_sdk::json::from_str(data)
+            .map_err(|e| ProviderError::new(ErrorClass::ServerError, format!("the provider streamed invalid JSON: {e}")))?;
+        if chunk.get("error").is_some() || event.event == "error" || chunk.get("object").and_then(Value::as_str) == Some("error") {
+            return Err(errors::classify(200, &[], &chunk));
+        }
+        let usage = chunk.get("usage").and_then(usage_of);
+        let usage_only = chunk.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty) && usage.is_some();
+        let chunks = if usage_only && !self.include_usage { Vec::new() } else { vec![data.to_string()] };
+        Ok(StreamOutput { chunks, usage, done: false })
+    }
+
+    fn finish(&mut self) -> Result<StreamOutput, ProviderError> {
+        Ok(StreamOutput::empty())
+    }
+}
+
+export_adapter!(OpenAi);

@@ -1,0 +1,205 @@
+//! The gateway's shared state and its life cycle: start, serve, shut down gracefully.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::components::{Components, Runtime};
+use crate::config::{self, Config, Secret};
+use crate::stats::{Stats, now_ms};
+use crate::store::{KeyRecord, Store, UsageSink};
+use crate::upstream::Upstream;
+
+/// Counters of events worth watching, exposed on `/health`.
+#[derive(Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub strategy_failures: AtomicU64,
+    pub adapter_failures: AtomicU64,
+    pub upstream_failures: AtomicU64,
+    pub failovers: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything a request needs, shared by all handlers.
+pub struct App {
+    pub config: ArcSwap<Config>,
+    pub components: ArcSwap<Components>,
+    pub runtime: Arc<Runtime>,
+    pub stats: Stats,
+    pub store: Store,
+    pub usage: UsageSink,
+    pub upstream: Upstream,
+    pub counters: Counters,
+    master_key: Option<Secret>,
+    keys: Mutex<HashMap<[u8; 32], (KeyRecord, Instant)>>,
+}
+
+/// How long a looked-up gateway key is trusted before the database is asked again.
+const KEY_TTL: Duration = Duration::from_secs(30);
+
+impl App {
+    pub fn install_config(&self, cfg: Config) {
+        self.config.store(Arc::new(cfg));
+    }
+
+    pub fn master_key(&self) -> Option<&Secret> {
+        self.master_key.as_ref()
+    }
+
+    /// A gateway key by the SHA-256 of its value: the cache, else the database.
+    pub async fn key_by_hash(&self, hash: [u8; 32]) -> Result<Option<KeyRecord>, crate::store::StoreError> {
+        if let Some((rec, at)) = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(&hash)
+            && at.elapsed() < KEY_TTL
+        {
+            return Ok(Some(rec.clone()));
+        }
+        let found = self.store.find_key(&hex(&hash)).await?;
+        let mut cache = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        match &found {
+            Some(rec) => {
+                if cache.len() > 10_000 {
+                    cache.clear();
+                }
+                cache.insert(hash, (rec.clone(), Instant::now()));
+            }
+            None => {
+                cache.remove(&hash);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How to start a gateway.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config_dir: PathBuf,
+    pub database_url: String,
+    /// Overrides `system.yaml`'s `server.listen`; default 127.0.0.1:8000.
+    pub listen: Option<String>,
+    /// Always accepted as a gateway key.
+    pub master_key: Option<String>,
+}
+
+/// A running gateway.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    shutdown: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, and flushes every usage record.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(());
+        let _ = self.server.await;
+        self.app.usage.flush().await;
+    }
+
+    /// Runs until the process gets SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        self.shutdown().await;
+        tracing::info!("stopped; all usage records written");
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Loads everything, binds, and starts serving.
+pub async fn start(opts: Options) -> anyhow::Result<Running> {
+    let cfg = config::load(&opts.config_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    let runtime = Runtime::new(cfg.system.component_timeout, cfg.system.component_memory_bytes)?;
+    let comps = {
+        let rt = runtime.clone();
+        let dir = cfg.system.components_dir.clone();
+        tokio::task::spawn_blocking(move || crate::reload::load_all(&rt, &dir)).await?
+    };
+    crate::reload::report_missing(&cfg, &comps);
+    let store = Store::connect(&opts.database_url).await?;
+    let (usage, _writer) = crate::store::spawn_writer(store.clone());
+    let upstream = Upstream::new(cfg.system.connect_timeout)?;
+    let listen = opts.listen.clone().or_else(|| cfg.system.listen.clone()).unwrap_or_else(|| "127.0.0.1:8000".into());
+    let max_body = cfg.system.max_body_bytes;
+
+    let stats = Stats::default();
+    let now = now_ms();
+    for (channel, used) in store.attempts_since(now - now % 86_400_000).await? {
+        stats.channel(&channel).seed_today(used.max(0) as u64, now);
+    }
+
+    let app = Arc::new(App {
+        config: ArcSwap::from_pointee(cfg),
+        components: ArcSwap::from_pointee(comps),
+        runtime,
+        stats,
+        store,
+        usage,
+        upstream,
+        counters: Counters::default(),
+        master_key: opts.master_key.filter(|k| !k.is_empty()).map(Secret::new),
+        keys: Mutex::new(HashMap::new()),
+    });
+    if app.master_key.is_none() {
+        tracing::warn!("SMART_ROUTER_MASTER_KEY is not set: only keys created with `smart-router keys create` are accepted");
+    }
+    let watcher = crate::reload::watch(app.clone())?;
+    let listener = TcpListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    let router = crate::server::router(app.clone(), max_body);
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            let _ = stop.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!("server error: {e}");
+        }
+    });
+    tracing::info!(%addr, "smart-router listening");
+    Ok(Running { addr, app, shutdown, server, _watcher: watcher })
+}

@@ -1,0 +1,115 @@
+//! Calling a provider adapter component.
+
+use std::sync::Arc;
+
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
+
+use super::engine::{CallError, CallState, Runtime};
+
+/// Host bindings for the `adapter` world (sharing the `types` and `host` interfaces with the
+/// strategy bindings).
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "adapter",
+        with: {
+            "smart-router:gateway/types": crate::components::strategy_api::smart_router::gateway::types,
+            "smart-router:gateway/host": crate::components::strategy_api::smart_router::gateway::host,
+        },
+    });
+}
+
+use bindings::exports::smart_router::gateway::translation::{
+    ChatResponse, HttpRequest, ProviderError, RequestContext, SseEvent, StreamOutput,
+};
+
+/// A compiled, pre-instantiated adapter.
+pub struct AdapterComponent {
+    pub name: Arc<str>,
+    pub(super) pre: bindings::AdapterPre<CallState>,
+    /// SHA-256 of the file it was loaded from.
+    pub digest: [u8; 32],
+}
+
+impl AdapterComponent {
+    /// A fresh instance for one upstream attempt (request, response and stream translation share it).
+    pub fn session(&self, rt: &Arc<Runtime>) -> Result<AdapterSession, CallError> {
+        let mut store = rt.store(&self.name);
+        let instance = self.pre.instantiate(&mut store).map_err(|e| CallError::trap(&self.name, e))?;
+        Ok(AdapterSession { rt: rt.clone(), store, instance, name: self.name.clone(), stream: None })
+    }
+}
+
+/// One adapter instance serving one attempt. After a trap it refuses further calls.
+pub struct AdapterSession {
+    rt: Arc<Runtime>,
+    store: Store<CallState>,
+    instance: bindings::Adapter,
+    name: Arc<str>,
+    stream: Option<ResourceAny>,
+}
+
+impl AdapterSession {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&bindings::Adapter, &mut Store<CallState>) -> wasmtime::Result<T>,
+    ) -> Result<T, CallError> {
+        self.rt.rearm(&mut self.store);
+        f(&self.instance, &mut self.store).map_err(|e| CallError::trap(&self.name, e))
+    }
+
+    pub fn translate_request(
+        &mut self,
+        ctx: &RequestContext,
+        body: &str,
+    ) -> Result<Result<HttpRequest, ProviderError>, CallError> {
+        self.call(|i, s| i.smart_router_gateway_translation().call_translate_request(s, ctx, body))
+    }
+
+    pub fn translate_response(
+        &mut self,
+        ctx: &RequestContext,
+        status: u16,
+        body: &[u8],
+    ) -> Result<Result<ChatResponse, ProviderError>, CallError> {
+        self.call(|i, s| i.smart_router_gateway_translation().call_translate_response(s, ctx, status, body))
+    }
+
+    pub fn classify_error(
+        &mut self,
+        status: u16,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<ProviderError, CallError> {
+        self.call(|i, s| i.smart_router_gateway_translation().call_classify_error(s, status, headers, body))
+    }
+
+    /// Starts stream translation; `push` and `finish` follow.
+    pub fn start_stream(&mut self, ctx: &RequestContext) -> Result<(), CallError> {
+        let handle = self.call(|i, s| i.smart_router_gateway_translation().stream_translator().call_constructor(s, ctx))?;
+        self.stream = Some(handle);
+        Ok(())
+    }
+
+    pub fn push(&mut self, event: &SseEvent) -> Result<Result<StreamOutput, ProviderError>, CallError> {
+        let handle = self.stream_handle()?;
+        self.call(|i, s| i.smart_router_gateway_translation().stream_translator().call_push(s, handle, event))
+    }
+
+    pub fn finish(&mut self) -> Result<Result<StreamOutput, ProviderError>, CallError> {
+        let handle = self.stream_handle()?;
+        self.call(|i, s| i.smart_router_gateway_translation().stream_translator().call_finish(s, handle))
+    }
+
+    fn stream_handle(&self) -> Result<ResourceAny, CallError> {
+        self.stream.ok_or_else(|| CallError::Malformed {
+            component: self.name.to_string(),
+            reason: "stream used before it was started".into(),
+        })
+    }
+}

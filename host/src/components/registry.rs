@@ -1,0 +1,147 @@
+//! Loading component files and the set of loaded components.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::component::types::ComponentItem;
+
+use super::adapter::{AdapterComponent, bindings as adapter_bindings};
+use super::engine::Runtime;
+use super::strategy::{StrategyComponent, bindings as strategy_bindings};
+
+/// The two kinds of component, each in its own folder under `components_dir`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Strategy,
+    Adapter,
+}
+
+impl Kind {
+    pub fn folder(self) -> &'static str {
+        match self {
+            Kind::Strategy => "strategies",
+            Kind::Adapter => "adapters",
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Strategy => "strategy",
+            Kind::Adapter => "adapter",
+        }
+    }
+    /// The interface a component of this kind must export.
+    pub fn export(self) -> &'static str {
+        match self {
+            Kind::Strategy => "smart-router:gateway/routing@0.1.0",
+            Kind::Adapter => "smart-router:gateway/translation@0.1.0",
+        }
+    }
+}
+
+/// Why a component file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read it: {0}")]
+    Read(std::io::Error),
+    #[error("it is not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    #[error("it is built for the wrong world: expected the `{world}` world (exporting `{export}`), but it exports [{found}]")]
+    WrongWorld { world: &'static str, export: &'static str, found: String },
+    #[error("it cannot be linked: {0}")]
+    Link(String),
+}
+
+/// One loaded component of either kind.
+#[derive(Clone)]
+pub enum Loaded {
+    Strategy(Arc<StrategyComponent>),
+    Adapter(Arc<AdapterComponent>),
+}
+
+impl Loaded {
+    pub fn digest(&self) -> [u8; 32] {
+        match self {
+            Loaded::Strategy(c) => c.digest,
+            Loaded::Adapter(c) => c.digest,
+        }
+    }
+}
+
+/// The loaded components, by name. Immutable: a reload builds a new set and swaps it in.
+#[derive(Clone, Default)]
+pub struct Components {
+    pub strategies: HashMap<String, Arc<StrategyComponent>>,
+    pub adapters: HashMap<String, Arc<AdapterComponent>>,
+}
+
+impl Components {
+    pub fn get_digest(&self, kind: Kind, name: &str) -> Option<[u8; 32]> {
+        match kind {
+            Kind::Strategy => self.strategies.get(name).map(|c| c.digest),
+            Kind::Adapter => self.adapters.get(name).map(|c| c.digest),
+        }
+    }
+
+    pub fn insert(&mut self, name: String, loaded: Loaded) {
+        match loaded {
+            Loaded::Strategy(c) => {
+                self.strategies.insert(name, c);
+            }
+            Loaded::Adapter(c) => {
+                self.adapters.insert(name, c);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, kind: Kind, name: &str) -> bool {
+        match kind {
+            Kind::Strategy => self.strategies.remove(name).is_some(),
+            Kind::Adapter => self.adapters.remove(name).is_some(),
+        }
+    }
+}
+
+/// Reads, compiles, checks and pre-instantiates one component file. Blocking: call it off the
+/// request path.
+pub fn load_component(rt: &Runtime, kind: Kind, name: &str, path: &Path) -> Result<Loaded, LoadError> {
+    let bytes = std::fs::read(path).map_err(LoadError::Read)?;
+    load_bytes(rt, kind, name, &bytes)
+}
+
+/// Like [`load_component`], from bytes.
+pub fn load_bytes(rt: &Runtime, kind: Kind, name: &str, bytes: &[u8]) -> Result<Loaded, LoadError> {
+    let digest: [u8; 32] = Sha256::digest(bytes).into();
+    let component = Component::new(&rt.engine, bytes).map_err(|e| LoadError::Invalid(first_line(&e)))?;
+    let ty = component.component_type();
+    let exports: Vec<String> = ty
+        .exports(&rt.engine)
+        .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
+        .map(|(name, _)| name.to_string())
+        .collect();
+    if !exports.iter().any(|e| e == kind.export()) {
+        return Err(LoadError::WrongWorld { world: kind.label(), export: kind.export(), found: exports.join(", ") });
+    }
+    let name: Arc<str> = Arc::from(name);
+    match kind {
+        Kind::Strategy => {
+            let pre = rt.strategy_linker.instantiate_pre(&component).map_err(|e| LoadError::Link(first_line(&e)))?;
+            let pre = strategy_bindings::StrategyPre::new(pre).map_err(|e| LoadError::Link(first_line(&e)))?;
+            Ok(Loaded::Strategy(Arc::new(StrategyComponent { name, pre, digest })))
+        }
+        Kind::Adapter => {
+            let pre = rt.adapter_linker.instantiate_pre(&component).map_err(|e| LoadError::Link(first_line(&e)))?;
+            let pre = adapter_bindings::AdapterPre::new(pre).map_err(|e| LoadError::Link(first_line(&e)))?;
+            Ok(Loaded::Adapter(Arc::new(AdapterComponent { name, pre, digest })))
+        }
+    }
+}
+
+fn first_line(e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}");
+    let mut line = text.lines().next().unwrap_or_default().to_string();
+    line.truncate(400);
+    line
+}

@@ -1,0 +1,73 @@
+//! Calling a routing strategy component.
+
+use std::sync::Arc;
+
+use super::engine::{CallError, Runtime};
+
+/// Host bindings for the `strategy` world.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "strategy",
+    });
+}
+
+use bindings::exports::smart_router::gateway::routing::Ranking;
+use bindings::smart_router::gateway::types::{Candidate, RequestInfo};
+
+/// A compiled, pre-instantiated strategy.
+pub struct StrategyComponent {
+    pub name: Arc<str>,
+    pub(super) pre: bindings::StrategyPre<super::engine::CallState>,
+    /// SHA-256 of the file it was loaded from.
+    pub digest: [u8; 32],
+}
+
+impl StrategyComponent {
+    /// Ranks `candidates` in a fresh instance. The answer is checked: indices in range, no repeats.
+    pub fn rank(
+        &self,
+        rt: &Runtime,
+        request: &RequestInfo,
+        candidates: &[Candidate],
+        params: &str,
+    ) -> Result<Ranking, CallError> {
+        let mut store = rt.store(&self.name);
+        let instance = self.pre.instantiate(&mut store).map_err(|e| CallError::trap(&self.name, e))?;
+        let answer = instance
+            .smart_router_gateway_routing()
+            .call_rank(&mut store, request, candidates, params)
+            .map_err(|e| CallError::trap(&self.name, e))?;
+        let ranking = answer.map_err(|reason| CallError::Malformed {
+            component: self.name.to_string(),
+            reason: format!("it returned an error: {}", truncate(reason)),
+        })?;
+        let mut seen = vec![false; candidates.len()];
+        for &i in &ranking.order {
+            let Some(slot) = seen.get_mut(i as usize) else {
+                return Err(CallError::Malformed {
+                    component: self.name.to_string(),
+                    reason: format!("index {i} is out of range for {} candidates", candidates.len()),
+                });
+            };
+            if std::mem::replace(slot, true) {
+                return Err(CallError::Malformed {
+                    component: self.name.to_string(),
+                    reason: format!("index {i} appears twice"),
+                });
+            }
+        }
+        Ok(ranking)
+    }
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > 300 {
+        let mut end = 300;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}

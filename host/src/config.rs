@@ -1,0 +1,204 @@
+//! Configuration: the YAML folder read, validated and resolved into an immutable [`Config`].
+//!
+//! Everything a reload checks is checked here, so `smart-router check` and a hot reload agree.
+
+mod files;
+mod resolve;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use files::{Capability, Filters};
+pub use resolve::resolve;
+
+/// A configuration error, pointing at a file and, where known, a field.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {location}{message}")]
+pub struct ConfigError {
+    pub file: String,
+    /// `field.path: ` or `line N column M: `, or empty.
+    pub location: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn at(file: &str, field: impl AsRef<str>, message: impl Into<String>) -> Self {
+        let field = field.as_ref();
+        ConfigError {
+            file: file.to_string(),
+            location: if field.is_empty() { String::new() } else { format!("{field}: ") },
+            message: message.into(),
+        }
+    }
+}
+
+/// A secret (provider key). Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    /// The value, for injecting into an outgoing request and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Process-wide settings from `system.yaml`, with defaults filled in.
+#[derive(Debug, Clone)]
+pub struct System {
+    pub listen: Option<String>,
+    pub max_body_bytes: usize,
+    pub components_dir: PathBuf,
+    pub component_timeout: Duration,
+    pub component_memory_bytes: usize,
+    pub default_strategy: String,
+    pub max_attempts: usize,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_response_bytes: usize,
+}
+
+/// A provider account.
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub adapter: String,
+    /// Without a trailing slash.
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+    /// The adapter's `options`, serialised once.
+    pub options_json: String,
+    pub timeout: Duration,
+}
+
+/// One way to reach one model.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub id: String,
+    pub provider: String,
+    pub model: String,
+    pub priority: u32,
+    pub weight: f64,
+    pub daily_limit: Option<u64>,
+    pub input_cost_per_1k: f64,
+    pub output_cost_per_1k: f64,
+    pub cost_multiplier: f64,
+    pub context_length: Option<u32>,
+    /// `None`: not declared (unknown, never filtered out); `Some`: exactly these.
+    pub capabilities: Option<Vec<Capability>>,
+    /// Why the channel is out of rotation, if it is.
+    pub disabled: Option<String>,
+}
+
+impl Channel {
+    /// The blended price per 1,000 tokens routing compares, after the multiplier.
+    pub fn effective_cost_per_1k(&self) -> f64 {
+        (self.input_cost_per_1k + self.output_cost_per_1k) / 2.0 * self.cost_multiplier
+    }
+
+    /// Cost of one call in micro-dollars.
+    pub fn cost_micros(&self, prompt_tokens: u64, completion_tokens: u64) -> i64 {
+        let dollars = (prompt_tokens as f64 * self.input_cost_per_1k
+            + completion_tokens as f64 * self.output_cost_per_1k)
+            / 1000.0
+            * self.cost_multiplier;
+        (dollars * 1_000_000.0).round() as i64
+    }
+
+    pub fn has(&self, capability: Capability) -> bool {
+        self.capabilities.as_ref().is_none_or(|caps| caps.contains(&capability))
+    }
+}
+
+/// A channel's membership in a group or model list.
+#[derive(Debug, Clone, Copy)]
+pub struct Member {
+    /// Index into [`Config::channels`].
+    pub channel: usize,
+    pub priority: u32,
+    pub weight: f64,
+}
+
+/// A model group.
+#[derive(Debug)]
+pub struct Group {
+    pub name: String,
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub strategy: String,
+    /// Strategy parameters as a JSON object, serialised once.
+    pub params_json: String,
+    pub filters: Filters,
+    pub members: Vec<Member>,
+}
+
+/// The whole resolved configuration. Immutable; a reload builds a new one.
+#[derive(Debug)]
+pub struct Config {
+    pub dir: PathBuf,
+    pub system: System,
+    pub providers: HashMap<String, Arc<Provider>>,
+    pub channels: Vec<Channel>,
+    pub groups: BTreeMap<String, Group>,
+    /// Plain model names (and channel ids) clients may ask for, with the channels serving them.
+    pub models: BTreeMap<String, Vec<Member>>,
+    /// Things that load but deserve a look (a key that is not set, …).
+    pub warnings: Vec<String>,
+}
+
+/// The files of a configuration folder.
+pub const FILES: [&str; 4] = [
+    "providers.yaml",
+    "model_groups.yaml",
+    "system.yaml",
+    "pricing_policies.yaml",
+];
+
+/// Reads and validates the configuration folder `dir`.
+pub fn load(dir: &Path) -> Result<Config, ConfigError> {
+    let providers: files::ProvidersFile = parse(dir, "providers.yaml")?;
+    let groups: files::GroupsFile = parse(dir, "model_groups.yaml")?;
+    let system: files::SystemFile = parse(dir, "system.yaml")?;
+    let _pricing: serde_yaml::Value = parse(dir, "pricing_policies.yaml")?;
+    resolve(dir, providers, groups, system, &|name| std::env::var(name).ok())
+}
+
+fn parse<T: serde::de::DeserializeOwned + Default>(dir: &Path, file: &str) -> Result<T, ConfigError> {
+    let path = dir.join(file);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(T::default()),
+        Err(e) => return Err(ConfigError::at(file, "", format!("cannot read {}: {e}", path.display()))),
+    };
+    parse_str(file, &text)
+}
+
+/// Parses one file's text; errors name the field path and the line.
+pub fn parse_str<T: serde::de::DeserializeOwned + Default>(file: &str, text: &str) -> Result<T, ConfigError> {
+    if text.trim().is_empty() || text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        return Ok(T::default());
+    }
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner
+            .location()
+            .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+            .unwrap_or_default();
+        let field = if path == "." { String::new() } else { path };
+        ConfigError::at(file, field, format!("{inner}{line}"))
+    })
+}

@@ -1,0 +1,218 @@
+//! The YAML files of a configuration folder, exactly as written (strict: unknown fields are refused).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// `providers.yaml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidersFile {
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderEntry>,
+}
+
+/// One provider account: an adapter, a base URL and a key, and the channels it serves.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderEntry {
+    /// The adapter component's name (its file name without `.wasm`).
+    pub adapter: String,
+    /// The upstream base URL; the adapter appends its own path. `mock://` is the built-in mock.
+    pub base_url: String,
+    /// The key, usually an environment reference such as `${GROQ_API_KEY}`.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Options passed to the adapter as JSON (for example `anthropic_version`).
+    #[serde(default)]
+    pub options: Option<serde_json::Value>,
+    /// Whole-request timeout in seconds.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Set to false to take every channel of this provider out of rotation.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub channels: Vec<ChannelEntry>,
+}
+
+impl std::fmt::Debug for ProviderEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderEntry")
+            .field("adapter", &self.adapter)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("channels", &self.channels)
+            .finish_non_exhaustive()
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Channel settings. In `providers.yaml` they define a channel; in a group's `channels` list they
+/// name one (`provider` + `model`, or `channel`) and may add the settings it lacks.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelEntry {
+    /// Channel id (default `provider/model`).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// In a group: the channel id to include.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// In a group: the provider the channel belongs to.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// The upstream model name.
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub priority: Option<u32>,
+    #[serde(default)]
+    pub weight: Option<f64>,
+    #[serde(default)]
+    pub daily_limit: Option<u64>,
+    #[serde(default)]
+    pub input_cost_per_1k: Option<f64>,
+    #[serde(default)]
+    pub output_cost_per_1k: Option<f64>,
+    #[serde(default)]
+    pub cost_multiplier: Option<f64>,
+    #[serde(default)]
+    pub context_length: Option<u32>,
+    #[serde(default)]
+    pub capabilities: Option<Vec<Capability>>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// What a channel's model can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    FunctionCalling,
+    Vision,
+    JsonMode,
+    Reasoning,
+    Code,
+    Chinese,
+}
+
+/// `model_groups.yaml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsFile {
+    #[serde(default)]
+    pub model_groups: BTreeMap<String, GroupEntry>,
+}
+
+/// A virtual model name clients ask for.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupEntry {
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The strategy component's name (default from `system.yaml`, `weighted-sort`).
+    #[serde(default)]
+    pub strategy: Option<String>,
+    /// The brief's multi-field sort, passed to the strategy as `routing_strategy`.
+    #[serde(default)]
+    pub routing_strategy: Option<serde_json::Value>,
+    /// Any other strategy parameters, passed to the strategy as a JSON object.
+    #[serde(default)]
+    pub strategy_params: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub filters: Filters,
+    /// The channels of the group. Omitted: every channel, narrowed by `filters`.
+    #[serde(default)]
+    pub channels: Option<Vec<ChannelEntry>>,
+}
+
+/// Host-side filters applied before the strategy.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filters {
+    /// Highest acceptable effective price per 1,000 tokens in US dollars (0 = free only).
+    #[serde(default)]
+    pub max_cost_per_1k: Option<f64>,
+    /// Smallest acceptable context window (channels with an unknown one pass).
+    #[serde(default)]
+    pub min_context_length: Option<u32>,
+    /// Capabilities every channel must declare.
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+    /// Only these providers.
+    #[serde(default)]
+    pub providers: Option<Vec<String>>,
+    /// Never these providers.
+    #[serde(default)]
+    pub exclude_providers: Vec<String>,
+}
+
+/// `system.yaml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemFile {
+    #[serde(default)]
+    pub server: ServerSection,
+    /// Where `strategies/` and `adapters/` live; relative to the configuration folder.
+    #[serde(default)]
+    pub components_dir: Option<String>,
+    #[serde(default)]
+    pub components: ComponentsSection,
+    #[serde(default)]
+    pub routing: RoutingSection,
+    #[serde(default)]
+    pub upstream: UpstreamSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    #[serde(default)]
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentsSection {
+    /// Longest a component call may run, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Most linear memory one component instance may use, in MiB.
+    #[serde(default)]
+    pub memory_limit_mb: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    /// Strategy of groups that name none.
+    #[serde(default)]
+    pub default_strategy: Option<String>,
+    /// Most channels tried for one request.
+    #[serde(default)]
+    pub max_attempts: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    /// Longest wait for the response headers (and, for streams, the first event), in seconds.
+    #[serde(default)]
+    pub first_byte_timeout_secs: Option<u64>,
+    /// Default whole-request timeout in seconds.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Largest upstream response body accepted, in bytes.
+    #[serde(default)]
+    pub max_response_bytes: Option<usize>,
+}

@@ -1,0 +1,149 @@
+//! `smart-router`: serve the gateway, check a configuration, manage gateway keys.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sha2::{Digest, Sha256};
+
+#[derive(Parser)]
+#[command(name = "smart-router", version, about = "An OpenAI-compatible LLM gateway with WebAssembly routing strategies and provider adapters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The configuration folder (providers.yaml, model_groups.yaml, system.yaml, pricing_policies.yaml).
+        #[arg(long, default_value = "config")]
+        config: PathBuf,
+        /// Address to listen on (default: system.yaml's server.listen, else 127.0.0.1:8000).
+        #[arg(long, env = "SMART_ROUTER_LISTEN")]
+        listen: Option<String>,
+        /// sqlite:PATH or postgres://… (default: SQLite under data/).
+        #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/smart-router.db")]
+        database: String,
+    },
+    /// Validate a configuration folder and its components as a reload would, then exit.
+    Check {
+        #[arg(long, default_value = "config")]
+        config: PathBuf,
+    },
+    /// Gateway keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; it is printed once and stored only as a hash.
+    Create {
+        /// A name to recognise the key by in usage records.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated models and groups the key may use (default: all).
+        #[arg(long)]
+        models: Option<String>,
+        #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/smart-router.db")]
+        database: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SMART_ROUTER_LOG").unwrap_or_else(|_| "info".into()))
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config, listen, database } => {
+            let running = smart_router::start(smart_router::Options {
+                config_dir: config,
+                database_url: database,
+                listen,
+                master_key: std::env::var("SMART_ROUTER_MASTER_KEY").ok(),
+            })
+            .await?;
+            running.until_signal().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => check(config).await,
+        Command::Keys { action: KeysCommand::Create { name, models, database } } => {
+            let store = smart_router::store::Store::connect(&database).await?;
+            let key = format!("sk-sr-{:016x}{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..), fastrand::u64(..));
+            let hash = smart_router::app::hex(&Sha256::digest(key.as_bytes()));
+            let id = format!("key_{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff);
+            store.create_key(&id, &name, &hash, models.as_deref()).await?;
+            println!("{key}");
+            eprintln!("created key `{name}` ({id}); it is shown only now and stored as a hash");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Loads the configuration and every component exactly as a reload would.
+async fn check(dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let cfg = match smart_router::config::load(&dir) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let rt = smart_router::components::Runtime::new(cfg.system.component_timeout, cfg.system.component_memory_bytes)?;
+    let mut failed = false;
+    let mut comps = smart_router::components::Components::default();
+    for kind in [smart_router::components::Kind::Strategy, smart_router::components::Kind::Adapter] {
+        let folder = cfg.system.components_dir.join(kind.folder());
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&folder)
+            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "wasm")).collect())
+            .unwrap_or_default();
+        paths.sort();
+        for path in paths {
+            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            match smart_router::components::load_component(&rt, kind, &name, &path) {
+                Ok(loaded) => {
+                    println!("ok: {} `{name}` ({})", kind.label(), path.display());
+                    comps.insert(name, loaded);
+                }
+                Err(e) => {
+                    println!("error: {}: {e}", path.display());
+                    failed = true;
+                }
+            }
+        }
+    }
+    for w in cfg.warnings.iter().chain(smart_router::reload::missing(&cfg, &comps).iter()) {
+        println!("warning: {w}");
+    }
+    println!(
+        "{}: {} providers, {} channels, {} groups",
+        if failed { "failed" } else { "ok" },
+        cfg.providers.len(),
+        cfg.channels.len(),
+        cfg.groups.len()
+    );
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

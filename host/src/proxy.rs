@@ -1,0 +1,299 @@
+//! One upstream attempt: translate with the adapter, send, translate back, account.
+
+mod stream;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::app::{App, Counters};
+use crate::components::adapter_api::exports::smart_router::gateway::translation::{
+    ErrorClass, ProviderError, RequestContext, Usage,
+};
+use crate::components::{CallError, Components};
+use crate::config::{Channel, Config, Provider};
+use crate::router::Facts;
+use crate::server::error::ApiError;
+use crate::stats::{ChannelStats, InFlight, now_ms};
+use crate::store::UsageRecord;
+use crate::upstream::{UpstreamError, read_body};
+
+/// Largest error body read from an upstream.
+const ERROR_BODY_LIMIT: usize = 256 << 10;
+
+/// What a request carries into each attempt.
+pub struct RequestScope {
+    pub app: Arc<App>,
+    pub cfg: Arc<Config>,
+    pub comps: Arc<Components>,
+    pub facts: Facts,
+    pub body: String,
+    pub request_id: String,
+    pub key_id: String,
+    pub group: Option<String>,
+}
+
+/// Why an attempt did not produce a response.
+#[derive(Debug)]
+pub enum Failure {
+    /// Try the next channel.
+    Retry { class: &'static str, message: String, retry_after_ms: Option<u64> },
+    /// Stop: the client's request is at fault.
+    Fatal(ApiError),
+}
+
+/// The channel being tried, with everything an attempt touches.
+pub(crate) struct Attempt {
+    pub scope: Arc<RequestScope>,
+    pub channel: Channel,
+    pub provider: Arc<Provider>,
+    pub number: u32,
+    pub stats: Arc<ChannelStats>,
+    pub started: Instant,
+    pub started_ms: u64,
+}
+
+/// Tries channel `idx` as attempt `number`.
+pub async fn attempt(scope: &Arc<RequestScope>, idx: usize, number: u32) -> Result<Response, Failure> {
+    let channel = scope.cfg.channels[idx].clone();
+    let Some(provider) = scope.cfg.providers.get(&channel.provider).cloned() else {
+        return Err(retry("config", "provider vanished", None));
+    };
+    let Some(adapter) = scope.comps.adapters.get(&provider.adapter).cloned() else {
+        return Err(retry("adapter_missing", format!("adapter `{}` is not loaded", provider.adapter), None));
+    };
+    let stats = scope.app.stats.channel(&channel.id);
+    let now = now_ms();
+    if let Some(limit) = channel.daily_limit
+        && !stats.try_reserve(limit, now)
+    {
+        return Err(retry("daily_quota", format!("channel `{}` has used its daily limit", channel.id), None));
+    }
+    let reserved = channel.daily_limit.is_some();
+    let unreserve = |stats: &ChannelStats| {
+        if reserved {
+            stats.release();
+        }
+    };
+    let ctx = RequestContext {
+        model: channel.model.clone(),
+        is_stream: scope.facts.is_stream,
+        include_usage: scope.facts.include_usage,
+        options: provider.options_json.clone(),
+    };
+    let mut session = match adapter.session(&scope.app.runtime) {
+        Ok(s) => s,
+        Err(e) => {
+            unreserve(&stats);
+            return Err(adapter_failed(&scope.app, e));
+        }
+    };
+    let http = match session.translate_request(&ctx, &scope.body) {
+        Ok(Ok(r)) => r,
+        Ok(Err(perr)) => {
+            unreserve(&stats);
+            return Err(match class_name(perr.class) {
+                "bad_request" | "content_filtered" => Failure::Fatal(client_error(&perr, &provider)),
+                class => retry(class, redact(&perr.message, &provider), None),
+            });
+        }
+        Err(e) => {
+            unreserve(&stats);
+            return Err(adapter_failed(&scope.app, e));
+        }
+    };
+    let att = Attempt { scope: scope.clone(), channel, provider, number, stats: stats.clone(), started: Instant::now(), started_ms: now };
+    let guard = stats.enter();
+    let first_byte = scope.cfg.system.first_byte_timeout;
+    let resp = match scope.app.upstream.send(&att.provider, http, first_byte).await {
+        Ok(r) => r,
+        Err(UpstreamError::InvalidRequest(why)) => {
+            unreserve(&stats);
+            return Err(adapter_failed(&scope.app, CallError::Malformed { component: session.name().to_string(), reason: why }));
+        }
+        Err(e) => {
+            let class = if matches!(e, UpstreamError::Timeout) { "timeout" } else { "connect" };
+            att.fail(class, &e.to_string(), 0, None).await;
+            return Err(retry(class, e.to_string(), None));
+        }
+    };
+    if !(200..300).contains(&resp.status) {
+        let status = resp.status;
+        let body = read_body(resp.body, ERROR_BODY_LIMIT).await.unwrap_or_default();
+        let perr = match session.classify_error(status, &resp.headers, &body) {
+            Ok(p) => p,
+            Err(e) => {
+                adapter_failed(&scope.app, e);
+                fallback_classification(status, &resp.headers)
+            }
+        };
+        return Err(att.provider_failed(perr, status).await);
+    }
+    if scope.facts.is_stream {
+        return stream::start(att, session, ctx, resp, guard).await;
+    }
+    let body = match read_body(resp.body, scope.cfg.system.max_response_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            att.fail("body", &e.to_string(), resp.status, None).await;
+            return Err(retry("body", e.to_string(), None));
+        }
+    };
+    match session.translate_response(&ctx, resp.status, &body) {
+        Ok(Ok(out)) => {
+            att.succeed(out.usage, resp.status, None).await;
+            drop(guard);
+            let mut response = ([(header::CONTENT_TYPE, "application/json")], out.body).into_response();
+            att.tag(&mut response);
+            Ok(response)
+        }
+        Ok(Err(perr)) => Err(att.provider_failed(perr, resp.status).await),
+        Err(e) => {
+            att.fail("adapter_error", &e.to_string(), resp.status, None).await;
+            Err(adapter_failed(&scope.app, e))
+        }
+    }
+}
+
+impl Attempt {
+    /// Adds the gateway's response headers.
+    pub fn tag(&self, response: &mut Response) {
+        let headers = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&self.scope.request_id) {
+            headers.insert("x-request-id", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.channel.id) {
+            headers.insert("x-smart-router-channel", v);
+        }
+    }
+
+    fn record(&self, status: u16, outcome: &'static str, class: Option<&str>, message: Option<String>, usage: Option<&Usage>, ttft_ms: Option<u64>) -> UsageRecord {
+        let s = &self.scope;
+        let (p, c) = usage.map_or((0, 0), |u| (u64::from(u.prompt_tokens), u64::from(u.completion_tokens)));
+        UsageRecord {
+            request_id: s.request_id.clone(),
+            attempt: self.number,
+            created_at_ms: self.started_ms,
+            key_id: s.key_id.clone(),
+            requested_model: s.facts.model.clone(),
+            group_name: s.group.clone(),
+            channel_id: Some(self.channel.id.clone()),
+            provider: Some(self.channel.provider.clone()),
+            upstream_model: Some(self.channel.model.clone()),
+            is_stream: s.facts.is_stream,
+            prompt_tokens: p,
+            completion_tokens: c,
+            cached_tokens: usage.map_or(0, |u| u64::from(u.cached_tokens)),
+            reasoning_tokens: usage.map_or(0, |u| u64::from(u.reasoning_tokens)),
+            cost_micros: self.channel.cost_micros(p, c),
+            latency_ms: self.started.elapsed().as_millis() as u64,
+            ttft_ms,
+            status,
+            outcome,
+            error_class: class.map(str::to_string),
+            error_message: message,
+        }
+    }
+
+    /// A successful attempt: statistics and the usage row.
+    pub async fn succeed(&self, usage: Option<Usage>, status: u16, ttft_ms: Option<u64>) {
+        let latency = self.started.elapsed().as_secs_f64() * 1000.0;
+        self.stats.record_success(latency, ttft_ms.map(|t| t as f64), usage.as_ref().map_or(0, |u| u.completion_tokens));
+        let rec = self.record(status, "success", None, None, usage.as_ref(), ttft_ms);
+        self.scope.app.usage.record(rec).await;
+    }
+
+    /// A failed attempt that reached (or tried to reach) the upstream.
+    pub async fn fail(&self, class: &str, message: &str, status: u16, usage: Option<&Usage>) {
+        self.stats.record_failure();
+        Counters::bump(&self.scope.app.counters.upstream_failures);
+        let rec = self.record(status, "error", Some(class), Some(redact(message, &self.provider)), usage, None);
+        self.scope.app.usage.record(rec).await;
+    }
+
+    /// Applies a classified provider error: health, cooldown, usage row, and the decision.
+    async fn provider_failed(&self, perr: ProviderError, status: u16) -> Failure {
+        let class = class_name(perr.class);
+        let now = now_ms();
+        match perr.class {
+            ErrorClass::RateLimited => self.stats.cool_down(now + perr.retry_after_ms.unwrap_or(10_000)),
+            ErrorClass::Auth | ErrorClass::QuotaExhausted => self.stats.cool_down(now + 300_000),
+            ErrorClass::ServerError | ErrorClass::Timeout if self.stats.snapshot(now).consecutive_failures >= 2 => self.stats.cool_down(now + 10_000),
+            _ => {}
+        }
+        let client_fault = matches!(perr.class, ErrorClass::BadRequest | ErrorClass::ContentFiltered);
+        if client_fault {
+            let rec = self.record(status, "client_error", Some(class), Some(redact(&perr.message, &self.provider)), None, None);
+            self.scope.app.usage.record(rec).await;
+            return Failure::Fatal(client_error(&perr, &self.provider));
+        }
+        self.fail(class, &perr.message, status, None).await;
+        retry(class, redact(&perr.message, &self.provider), perr.retry_after_ms)
+    }
+}
+
+fn retry(class: &'static str, message: impl Into<String>, retry_after_ms: Option<u64>) -> Failure {
+    Failure::Retry { class, message: message.into(), retry_after_ms }
+}
+
+fn adapter_failed(app: &App, e: CallError) -> Failure {
+    Counters::bump(&app.counters.adapter_failures);
+    tracing::warn!("adapter failed: {e}");
+    retry("adapter_error", e.to_string(), None)
+}
+
+/// The client's error from a provider's verdict that the request itself is at fault.
+fn client_error(perr: &ProviderError, provider: &Provider) -> ApiError {
+    let code = if perr.class == ErrorClass::ContentFiltered { Some("content_filter") } else { None };
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, format!("The provider refused the request: {}", redact(&perr.message, provider)))
+}
+
+/// Never let a provider echo its key back to a client or a log.
+pub fn redact(message: &str, provider: &Provider) -> String {
+    let mut out: String = message.chars().take(1000).collect();
+    if let Some(key) = &provider.api_key
+        && key.expose().len() >= 4
+    {
+        out = out.replace(key.expose(), "<redacted>");
+    }
+    out
+}
+
+/// Used when the adapter cannot classify: the status decides.
+fn fallback_classification(status: u16, headers: &[(String, String)]) -> ProviderError {
+    let class = match status {
+        429 => ErrorClass::RateLimited,
+        401 | 403 => ErrorClass::Auth,
+        402 => ErrorClass::QuotaExhausted,
+        404 => ErrorClass::ModelNotFound,
+        400 | 422 => ErrorClass::BadRequest,
+        408 | 504 => ErrorClass::Timeout,
+        _ => ErrorClass::ServerError,
+    };
+    let retry_after_ms = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+        .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+        .map(|s| (s * 1000.0) as u64);
+    ProviderError { class, temporary: status >= 500 || status == 429, retry_after_ms, message: format!("upstream status {status}") }
+}
+
+pub fn class_name(c: ErrorClass) -> &'static str {
+    match c {
+        ErrorClass::RateLimited => "rate_limited",
+        ErrorClass::Auth => "auth",
+        ErrorClass::QuotaExhausted => "quota_exhausted",
+        ErrorClass::ContextTooLong => "context_too_long",
+        ErrorClass::ContentFiltered => "content_filtered",
+        ErrorClass::BadRequest => "bad_request",
+        ErrorClass::ModelNotFound => "model_not_found",
+        ErrorClass::ServerError => "server_error",
+        ErrorClass::Timeout => "timeout",
+        ErrorClass::Unknown => "unknown",
+    }
+}
+
+/// A guard kept alive for the whole of an attempt.
+pub(crate) type Guard = InFlight;

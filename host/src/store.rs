@@ -1,0 +1,158 @@
+//! Storage through sqlx: SQLite by default, Postgres when several gateways share one database.
+//! One code path serves both (sqlx's `Any` driver, `$N` placeholders work on both).
+
+mod usage;
+
+use std::path::Path;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+
+pub use usage::{UsageRecord, UsageSink, spawn_writer};
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("cannot create the database folder {0}: {1}")]
+    Folder(String, std::io::Error),
+    #[error("unsupported database URL (use sqlite:… or postgres://…)")]
+    Url,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Embedded migrations, per backend: (version, SQL).
+const SQLITE: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const POSTGRES: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+
+/// A gateway key as stored (never the key itself).
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub id: String,
+    pub name: String,
+    /// Models and groups the key may use; `None` = all.
+    pub allowed_models: Option<Vec<String>>,
+}
+
+/// The database.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects to `url` (creating a SQLite file and its folder if needed) and migrates.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Url);
+        };
+        let mut url = url.to_string();
+        if backend == Backend::Sqlite {
+            let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+            let path = path.split('?').next().unwrap_or_default();
+            if !path.is_empty() && path != ":memory:" {
+                if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|e| StoreError::Folder(parent.display().to_string(), e))?;
+                }
+                if !url.contains("mode=") {
+                    url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+                }
+            }
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .connect(&url)
+            .await?;
+        if backend == Backend::Sqlite {
+            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
+        }
+        let store = Store { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
+            .execute(&self.pool)
+            .await?;
+        let migrations = match self.backend {
+            Backend::Sqlite => SQLITE,
+            Backend::Postgres => POSTGRES,
+        };
+        for (version, sql) in migrations {
+            let mut tx = self.pool.begin().await?;
+            let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
+                .bind(*version)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if done.is_none() {
+                sqlx::raw_sql(sql).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
+                    .bind(*version)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Looks a key up by its SHA-256 hash (hex).
+    pub async fn find_key(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query("SELECT id, name, allowed_models FROM api_keys WHERE key_hash = $1 AND disabled = 0")
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| KeyRecord {
+            id: r.get("id"),
+            name: r.get("name"),
+            allowed_models: r
+                .get::<Option<String>, _>("allowed_models")
+                .map(|s| s.split(',').map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect()),
+        }))
+    }
+
+    /// Stores a new key's hash.
+    pub async fn create_key(&self, id: &str, name: &str, key_hash: &str, allowed_models: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO api_keys (id, name, key_hash, allowed_models, created_at_ms, disabled) VALUES ($1, $2, $3, $4, $5, 0)")
+            .bind(id)
+            .bind(name)
+            .bind(key_hash)
+            .bind(allowed_models)
+            .bind(crate::stats::now_ms() as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Attempts per channel since `since_ms` (seeds the daily quotas at start-up).
+    pub async fn attempts_since(&self, since_ms: u64) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT channel_id, COUNT(*) AS n FROM usage WHERE created_at_ms >= $1 AND channel_id IS NOT NULL GROUP BY channel_id",
+        )
+        .bind(since_ms as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get::<String, _>("channel_id"), r.get::<i64, _>("n"))).collect())
+    }
+}

@@ -1,0 +1,153 @@
+//! Usage records: written off the request path in batches, never dropped.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::Store;
+
+/// One upstream attempt (or one request that reached no upstream, with `channel_id` empty).
+#[derive(Debug, Clone, Default)]
+pub struct UsageRecord {
+    pub request_id: String,
+    /// 1 for the first channel tried, 2 for the first failover…; 0 when no channel was tried.
+    pub attempt: u32,
+    pub created_at_ms: u64,
+    /// The gateway key's id (`master` for the master key); never the key.
+    pub key_id: String,
+    pub requested_model: String,
+    pub group_name: Option<String>,
+    pub channel_id: Option<String>,
+    pub provider: Option<String>,
+    pub upstream_model: Option<String>,
+    pub is_stream: bool,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub cost_micros: i64,
+    pub latency_ms: u64,
+    pub ttft_ms: Option<u64>,
+    /// The upstream's HTTP status; 0 when none arrived.
+    pub status: u16,
+    /// `success`, `error`, `client_error` or `client_closed`.
+    pub outcome: &'static str,
+    pub error_class: Option<String>,
+    pub error_message: Option<String>,
+}
+
+enum Msg {
+    Record(Box<UsageRecord>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Where request handlers send usage records.
+#[derive(Clone)]
+pub struct UsageSink {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl UsageSink {
+    /// Queues a record. Waits (back-pressure) rather than dropping when the writer is behind.
+    pub async fn record(&self, record: UsageRecord) {
+        if self.tx.send(Msg::Record(Box::new(record))).await.is_err() {
+            tracing::error!("usage writer has stopped; a usage record could not be queued");
+        }
+    }
+
+    /// Waits until every record queued before this call is in the database.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// Starts the writer. It ends, after writing everything queued, when every sink is dropped.
+pub fn spawn_writer(store: Store) -> (UsageSink, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Msg>(16_384);
+    let handle = tokio::spawn(async move {
+        let mut batch: Vec<UsageRecord> = Vec::with_capacity(256);
+        let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+        while let Some(first) = rx.recv().await {
+            take(first, &mut batch, &mut waiters);
+            // Gather whatever else is already queued, up to a batch.
+            while batch.len() < 512 {
+                match rx.try_recv() {
+                    Ok(m) => take(m, &mut batch, &mut waiters),
+                    Err(_) => break,
+                }
+            }
+            write(&store, &mut batch).await;
+            for w in waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    });
+    (UsageSink { tx }, handle)
+}
+
+fn take(m: Msg, batch: &mut Vec<UsageRecord>, waiters: &mut Vec<oneshot::Sender<()>>) {
+    match m {
+        Msg::Record(r) => batch.push(*r),
+        Msg::Flush(w) => waiters.push(w),
+    }
+}
+
+/// Writes a batch in one transaction, retrying until the database takes it.
+async fn write(store: &Store, batch: &mut Vec<UsageRecord>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match insert(store, batch).await {
+            Ok(()) => {
+                batch.clear();
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, pending = batch.len(), "usage write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn insert(store: &Store, batch: &[UsageRecord]) -> Result<(), sqlx::Error> {
+    let mut tx = store.pool().begin().await?;
+    for r in batch {
+        sqlx::query(
+            "INSERT INTO usage (request_id, attempt, created_at_ms, key_id, requested_model, group_name, channel_id, provider, \
+             upstream_model, is_stream, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_micros, \
+             latency_ms, ttft_ms, status, outcome, error_class, error_message) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
+        )
+        .bind(&r.request_id)
+        .bind(i64::from(r.attempt))
+        .bind(r.created_at_ms as i64)
+        .bind(&r.key_id)
+        .bind(&r.requested_model)
+        .bind(&r.group_name)
+        .bind(&r.channel_id)
+        .bind(&r.provider)
+        .bind(&r.upstream_model)
+        .bind(i64::from(r.is_stream))
+        .bind(r.prompt_tokens as i64)
+        .bind(r.completion_tokens as i64)
+        .bind(r.cached_tokens as i64)
+        .bind(r.reasoning_tokens as i64)
+        .bind(r.cost_micros)
+        .bind(r.latency_ms as i64)
+        .bind(r.ttft_ms.map(|t| t as i64))
+        .bind(i64::from(r.status))
+        .bind(r.outcome)
+        .bind(&r.error_class)
+        .bind(&r.error_message)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}

@@ -1,0 +1,169 @@
+//! Sending an adapter's request upstream: the host owns the base URL and injects the secret.
+
+pub mod mock;
+pub mod sse;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+
+use crate::components::adapter_api::exports::smart_router::gateway::translation::{Auth, HttpRequest};
+use crate::config::Provider;
+
+/// A response body arriving in pieces.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+
+/// A transport-level failure (no classified provider answer).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to the provider: {0}")]
+    Connect(String),
+    #[error("the provider did not answer in time")]
+    Timeout,
+    #[error("the provider's response broke off: {0}")]
+    Body(String),
+    #[error("the provider's response is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the adapter produced an invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+/// Status, headers and a body stream.
+pub struct UpstreamResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: BodyStream,
+}
+
+/// The shared HTTP client (connection pooling, keep-alive).
+#[derive(Clone)]
+pub struct Upstream {
+    client: reqwest::Client,
+}
+
+/// Headers an adapter may not set: the host owns them.
+const FORBIDDEN: [&str; 7] = ["authorization", "host", "content-length", "transfer-encoding", "connection", "x-api-key", "cookie"];
+
+impl Upstream {
+    pub fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Upstream { client })
+    }
+
+    /// Sends `req` to `provider`, waiting at most `first_byte` for the response headers.
+    pub async fn send(&self, provider: &Provider, req: HttpRequest, first_byte: Duration) -> Result<UpstreamResponse, UpstreamError> {
+        validate(&req, provider)?;
+        if provider.base_url.starts_with("mock:") {
+            return Ok(mock::respond(&req));
+        }
+        let mut url = format!("{}{}", provider.base_url, req.path);
+        let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|_| UpstreamError::InvalidRequest(format!("method `{}`", req.method)))?;
+        let key = provider.api_key.as_ref().map(|k| k.expose());
+        if let (Auth::Query(name), Some(key)) = (&req.auth, key) {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(name);
+            url.push('=');
+            url.push_str(&percent_encode(key));
+        }
+        let mut builder = self.client.request(method, &url).timeout(provider.timeout);
+        for (name, value) in &req.headers {
+            builder = builder.header(name, value);
+        }
+        match (&req.auth, key) {
+            (Auth::Bearer, Some(key)) => builder = builder.bearer_auth(key),
+            (Auth::Header(name), Some(key)) => builder = builder.header(name.as_str(), key),
+            _ => {}
+        }
+        let send = builder.body(req.body).send();
+        let resp = match tokio::time::timeout(first_byte, send).await {
+            Err(_) => return Err(UpstreamError::Timeout),
+            Ok(Err(e)) if e.is_timeout() => return Err(UpstreamError::Timeout),
+            // Never echo the URL: it may carry a key in its query.
+            Ok(Err(e)) => return Err(UpstreamError::Connect(describe(e))),
+            Ok(Ok(resp)) => resp,
+        };
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string())))
+            .collect();
+        let body = resp.bytes_stream().map(|r| {
+            r.map_err(|e| if e.is_timeout() { UpstreamError::Timeout } else { UpstreamError::Body(describe(e)) })
+        });
+        Ok(UpstreamResponse { status, headers, body: Box::pin(body) })
+    }
+}
+
+/// The host's checks of what an adapter asks it to send.
+fn validate(req: &HttpRequest, provider: &Provider) -> Result<(), UpstreamError> {
+    let bad = |why: String| Err(UpstreamError::InvalidRequest(why));
+    if !matches!(req.method.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE") {
+        return bad(format!("method `{}` is not allowed", req.method));
+    }
+    if !req.path.starts_with('/') || req.path.starts_with("//") || req.path.contains("://") || req.path.chars().any(|c| c.is_control() || c == ' ' || c == '#' || c == '@') {
+        return bad("the path must be a plain path starting with `/`".into());
+    }
+    for (name, value) in &req.headers {
+        let lower = name.to_ascii_lowercase();
+        let auth_header = matches!(&req.auth, Auth::Header(h) if h.eq_ignore_ascii_case(name));
+        if FORBIDDEN.contains(&lower.as_str()) || auth_header {
+            return bad(format!("header `{name}` is set by the host"));
+        }
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() || reqwest::header::HeaderValue::from_str(value).is_err() {
+            return bad(format!("header `{name}` is not a valid HTTP header"));
+        }
+    }
+    if let Auth::Header(h) | Auth::Query(h) = &req.auth
+        && (h.is_empty() || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    {
+        return bad(format!("auth name `{h}` is not valid"));
+    }
+    let _ = provider;
+    Ok(())
+}
+
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Reads a whole body, refusing more than `limit` bytes.
+pub async fn read_body(mut body: BodyStream, limit: usize) -> Result<Bytes, UpstreamError> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if buf.len() + chunk.len() > limit {
+            return Err(UpstreamError::TooLarge(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}

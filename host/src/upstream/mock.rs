@@ -1,0 +1,120 @@
+//! The built-in mock provider (`base_url: mock://`): an in-process OpenAI-compatible upstream, so
+//! the gateway answers out of the box with no network and no key.
+//!
+//! It echoes the last user message, calls the first tool when the request offers tools, streams
+//! word by word, reports usage, and fails on purpose for models named `mock-error-<status>`.
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::{UpstreamError, UpstreamResponse};
+use crate::components::adapter_api::exports::smart_router::gateway::translation::HttpRequest;
+
+pub fn respond(req: &HttpRequest) -> UpstreamResponse {
+    if !req.path.ends_with("/chat/completions") {
+        return error(404, "not_found_error", &format!("the mock serves /chat/completions, not {}", req.path));
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
+        return error(400, "invalid_request_error", "the mock received a body that is not JSON");
+    };
+    let model = body.get("model").and_then(Value::as_str).unwrap_or("mock").to_string();
+    if let Some(code) = model.strip_prefix("mock-error-").and_then(|c| c.parse::<u16>().ok()) {
+        return error(code, "mock_error", &format!("the mock fails with {code} for model {model}"));
+    }
+    let prompt_tokens = (body.get("messages").map(|m| m.to_string().len()).unwrap_or(0) / 4).max(1) as u64;
+    let tool = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .and_then(|t| t.first())
+        .filter(|_| body.get("tool_choice").and_then(Value::as_str) != Some("none"))
+        .and_then(|t| t.pointer("/function/name"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let said = last_user_text(&body);
+    let text = format!("Hello from the built-in mock ({model}). You said: {said}");
+    let words: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
+    let completion_tokens = if tool.is_some() { 8 } else { words.len() as u64 };
+    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
+    let id = format!("chatcmpl-mock{:016x}", fastrand::u64(..));
+    let created = crate::stats::now_ms() / 1000;
+    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+
+    if !stream {
+        let message = match &tool {
+            Some(name) => json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_mock_0", "type": "function", "function": {"name": name, "arguments": "{}"}}]}),
+            None => json!({"role": "assistant", "content": text}),
+        };
+        let finish = if tool.is_some() { "tool_calls" } else { "stop" };
+        let out = json!({"id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}], "usage": usage});
+        return ok("application/json", out.to_string());
+    }
+
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+    };
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    match &tool {
+        Some(name) => {
+            events.push(chunk(json!({"tool_calls": [{"index": 0, "id": "call_mock_0", "type": "function",
+                "function": {"name": name, "arguments": ""}}]}), Value::Null));
+            for piece in ["{", "}"] {
+                events.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}), Value::Null));
+            }
+            events.push(chunk(json!({}), json!("tool_calls")));
+        }
+        None => {
+            events.extend(words.iter().map(|w| chunk(json!({"content": w}), Value::Null)));
+            events.push(chunk(json!({}), json!("stop")));
+        }
+    }
+    if body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true) {
+        events.push(json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}));
+    }
+    let mut sse = String::new();
+    for e in events {
+        sse.push_str("data: ");
+        sse.push_str(&e.to_string());
+        sse.push_str("\n\n");
+    }
+    sse.push_str("data: [DONE]\n\n");
+    ok("text/event-stream", sse)
+}
+
+fn last_user_text(body: &Value) -> String {
+    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+        return String::new();
+    };
+    let Some(msg) = messages.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user")) else {
+        return String::new();
+    };
+    let text = match msg.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    };
+    text.chars().take(200).collect()
+}
+
+fn ok(content_type: &str, body: String) -> UpstreamResponse {
+    UpstreamResponse {
+        status: 200,
+        headers: vec![("content-type".into(), content_type.into())],
+        body: Box::pin(futures_util::stream::iter([Ok::<_, UpstreamError>(Bytes::from(body))])),
+    }
+}
+
+fn error(status: u16, kind: &str, message: &str) -> UpstreamResponse {
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": null}}).to_string();
+    UpstreamResponse {
+        status,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: Box::pin(futures_util::stream::iter([Ok::<_, UpstreamError>(Bytes::from(body))])),
+    }
+}

@@ -1,0 +1,132 @@
+//! Provider adapters: translate OpenAI requests to a provider's HTTP API and back.
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "adapter",
+        pub_export_macro: true,
+        default_bindings_module: "smart_router_sdk::adapter::bindings",
+    });
+}
+
+use std::cell::RefCell;
+
+pub use bindings::exports::smart_router::gateway::translation::{
+    Auth, ChatResponse, ErrorClass, HttpRequest, ProviderError, RequestContext, SseEvent,
+    StreamOutput, Usage,
+};
+
+/// A provider adapter.
+pub trait Adapter {
+    /// The per-stream state that translates a streaming response incrementally.
+    type Stream: StreamTranslator;
+
+    /// Translates the client's OpenAI `chat.completions` request body for this provider.
+    fn translate_request(ctx: &RequestContext, body: &str) -> Result<HttpRequest, ProviderError>;
+
+    /// Translates a successful non-streaming response body into an OpenAI `chat.completion`.
+    fn translate_response(
+        ctx: &RequestContext,
+        status: u16,
+        body: &[u8],
+    ) -> Result<ChatResponse, ProviderError>;
+
+    /// Classifies a non-2xx response.
+    fn classify_error(status: u16, headers: &[(String, String)], body: &[u8]) -> ProviderError;
+}
+
+/// Translates one streaming response, one upstream event at a time.
+pub trait StreamTranslator {
+    /// Starts a stream for the request described by `ctx`.
+    fn new(ctx: RequestContext) -> Self;
+    /// Translates one upstream event into zero or more OpenAI chunks.
+    fn push(&mut self, event: SseEvent) -> Result<StreamOutput, ProviderError>;
+    /// The upstream stream ended: flush what is left.
+    fn finish(&mut self) -> Result<StreamOutput, ProviderError>;
+}
+
+impl ProviderError {
+    /// An error of `class`; `temporary` follows the class's usual meaning.
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        let temporary = matches!(
+            class,
+            ErrorClass::RateLimited
+                | ErrorClass::ServerError
+                | ErrorClass::Timeout
+                | ErrorClass::Unknown
+        );
+        ProviderError {
+            class,
+            temporary,
+            retry_after_ms: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl StreamOutput {
+    /// Nothing to emit yet.
+    pub fn empty() -> Self {
+        StreamOutput {
+            chunks: Vec::new(),
+            usage: None,
+            done: false,
+        }
+    }
+}
+
+/// Holds a [`StreamTranslator`] behind the shared reference the bindings hand out.
+#[doc(hidden)]
+pub struct StreamCell<S>(pub RefCell<S>);
+
+impl<S: StreamTranslator + 'static> bindings::exports::smart_router::gateway::translation::GuestStreamTranslator
+    for StreamCell<S>
+{
+    fn new(ctx: RequestContext) -> Self {
+        StreamCell(RefCell::new(S::new(ctx)))
+    }
+    fn push(&self, event: SseEvent) -> Result<StreamOutput, ProviderError> {
+        self.0.borrow_mut().push(event)
+    }
+    fn finish(&self) -> Result<StreamOutput, ProviderError> {
+        self.0.borrow_mut().finish()
+    }
+}
+
+/// Exports a type that implements [`Adapter`] as this component's adapter.
+#[macro_export]
+macro_rules! export_adapter {
+    ($t:ty) => {
+        const _: () = {
+            struct __SmartRouterAdapter;
+            impl $crate::adapter::bindings::exports::smart_router::gateway::translation::Guest
+                for __SmartRouterAdapter
+            {
+                type StreamTranslator =
+                    $crate::adapter::StreamCell<<$t as $crate::Adapter>::Stream>;
+                fn translate_request(
+                    ctx: $crate::RequestContext,
+                    body: ::std::string::String,
+                ) -> ::std::result::Result<$crate::HttpRequest, $crate::ProviderError> {
+                    <$t as $crate::Adapter>::translate_request(&ctx, &body)
+                }
+                fn translate_response(
+                    ctx: $crate::RequestContext,
+                    status: u16,
+                    body: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<$crate::ChatResponse, $crate::ProviderError> {
+                    <$t as $crate::Adapter>::translate_response(&ctx, status, &body)
+                }
+                fn classify_error(
+                    status: u16,
+                    headers: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                    body: ::std::vec::Vec<u8>,
+                ) -> $crate::ProviderError {
+                    <$t as $crate::Adapter>::classify_error(status, &headers, &body)
+                }
+            }
+            $crate::adapter::bindings::export!(__SmartRouterAdapter with_types_in $crate::adapter::bindings);
+        };
+    };
+}

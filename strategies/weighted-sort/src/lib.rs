@@ -1,0 +1,162 @@
+//! `weighted-sort`: the brief's multi-field sort.
+//!
+//! Parameters (the group's `routing_strategy`, or `strategy_params.routing_strategy`):
+//!
+//! ```yaml
+//! routing_strategy:
+//!   - { field: effective_cost,  order: asc,  weight: 1.0 }
+//!   - { field: speed_score,     order: desc, weight: 0.9 }
+//!   - { field: quota_remaining, order: desc, weight: 0.7 }
+//! ```
+//!
+//! Each field's values are scaled to 0..1 across the candidates (best = 1 in the field's order),
+//! multiplied by the field's weight and summed; the highest total goes first. With
+//! `mode: lexicographic` the fields are compared one after another instead (weights ignored).
+//! Ties fall back to priority, then to a random order.
+//!
+//! Fields: `effective_cost` (alias `cost`), `speed_score` (tokens per second, else 1/latency),
+//! `latency`, `ttft`, `quota_remaining`, `priority`, `weight`, `success_rate`, `load` (alias
+//! `in_flight`). Use it when several signals matter at once: "free first, then fastest".
+
+use smart_router_sdk::json::Value;
+use smart_router_sdk::{Candidate, Ranking, RequestInfo, Strategy, export_strategy};
+
+struct WeightedSort;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Field {
+    Cost,
+    Speed,
+    Latency,
+    Ttft,
+    Quota,
+    Priority,
+    Weight,
+    SuccessRate,
+    Load,
+}
+
+struct Criterion {
+    field: Field,
+    ascending: bool,
+    weight: f64,
+}
+
+fn parse_field(name: &str) -> Result<Field, String> {
+    Ok(match name {
+        "effective_cost" | "cost" => Field::Cost,
+        "speed_score" | "speed" => Field::Speed,
+        "latency" => Field::Latency,
+        "ttft" => Field::Ttft,
+        "quota_remaining" => Field::Quota,
+        "priority" => Field::Priority,
+        "weight" => Field::Weight,
+        "success_rate" => Field::SuccessRate,
+        "load" | "in_flight" => Field::Load,
+        other => return Err(format!("unknown routing_strategy field `{other}`")),
+    })
+}
+
+fn criteria(params: &Value) -> Result<Vec<Criterion>, String> {
+    let Some(list) = params.get("routing_strategy") else {
+        return Ok(vec![
+            Criterion { field: Field::Cost, ascending: true, weight: 1.0 },
+            Criterion { field: Field::Speed, ascending: false, weight: 0.5 },
+            Criterion { field: Field::SuccessRate, ascending: false, weight: 0.5 },
+            Criterion { field: Field::Priority, ascending: true, weight: 0.3 },
+        ]);
+    };
+    let list = list.as_array().ok_or("routing_strategy must be a list")?;
+    list.iter()
+        .map(|entry| {
+            let field = entry
+                .get("field")
+                .and_then(Value::as_str)
+                .ok_or("each routing_strategy entry needs a `field`")?;
+            let field = parse_field(field)?;
+            let ascending = match entry.get("order").and_then(Value::as_str) {
+                Some("asc") => true,
+                Some("desc") => false,
+                None => matches!(field, Field::Cost | Field::Latency | Field::Ttft | Field::Priority | Field::Load),
+                Some(other) => return Err(format!("order must be asc or desc, not `{other}`")),
+            };
+            let weight = entry.get("weight").and_then(Value::as_f64).unwrap_or(1.0);
+            Ok(Criterion { field, ascending, weight })
+        })
+        .collect()
+}
+
+/// The raw value of `field` for `c`; `None` when unknown (scored as the middle of the range).
+fn value(field: Field, c: &Candidate) -> Option<f64> {
+    match field {
+        Field::Cost => Some(c.effective_cost),
+        Field::Speed => c
+            .tokens_per_second
+            .or_else(|| c.latency_ms.filter(|l| *l > 0.0).map(|l| 1000.0 / l)),
+        Field::Latency => c.latency_ms,
+        Field::Ttft => c.ttft_ms,
+        Field::Quota => Some(c.quota_remaining.unwrap_or(1.0)),
+        Field::Priority => Some(f64::from(c.priority)),
+        Field::Weight => Some(c.weight),
+        Field::SuccessRate => Some(c.success_rate),
+        Field::Load => Some(f64::from(c.in_flight)),
+    }
+}
+
+/// Scores in 0..1 for one criterion, 1 = best.
+fn scores(criterion: &Criterion, candidates: &[Candidate]) -> Vec<f64> {
+    let values: Vec<Option<f64>> = candidates.iter().map(|c| value(criterion.field, c)).collect();
+    let known = values.iter().flatten();
+    let (min, max) = known.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    values
+        .iter()
+        .map(|v| match v {
+            Some(v) if max > min => {
+                let t = (v - min) / (max - min);
+                if criterion.ascending { 1.0 - t } else { t }
+            }
+            _ => 0.5,
+        })
+        .collect()
+}
+
+impl Strategy for WeightedSort {
+    fn rank(request: &RequestInfo, candidates: &[Candidate], params: &Value) -> Result<Ranking, String> {
+        let criteria = criteria(params)?;
+        let lexicographic = params.get("mode").and_then(Value::as_str) == Some("lexicographic");
+        let per_criterion: Vec<Vec<f64>> = criteria.iter().map(|c| scores(c, candidates)).collect();
+        let mut tiebreak = request.random | 1;
+        let mut rows: Vec<(u32, Vec<f64>, u32, u64)> = (0..candidates.len())
+            .map(|i| {
+                tiebreak ^= tiebreak << 13;
+                tiebreak ^= tiebreak >> 7;
+                tiebreak ^= tiebreak << 17;
+                let keys = if lexicographic {
+                    per_criterion.iter().map(|s| s[i]).collect()
+                } else {
+                    vec![criteria.iter().zip(&per_criterion).map(|(c, s)| c.weight * s[i]).sum()]
+                };
+                (i as u32, keys, candidates[i].priority, tiebreak)
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            let by_keys = a
+                .1
+                .iter()
+                .zip(&b.1)
+                .map(|(x, y)| y.total_cmp(x))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal);
+            by_keys.then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3))
+        });
+        let order: Vec<u32> = rows.iter().map(|r| r.0).collect();
+        let explanation = rows
+            .iter()
+            .map(|r| format!("{}={:.3}", candidates[r.0 as usize].id, r.1.first().copied().unwrap_or(0.0)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(Ranking::new(order).explained(explanation))
+    }
+}
+
+export_strategy!(WeightedSort);
