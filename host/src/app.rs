@@ -60,8 +60,15 @@ impl App {
     }
 
     /// A gateway key by the SHA-256 of its value: the cache, else the database.
-    pub async fn key_by_hash(&self, hash: [u8; 32]) -> Result<Option<KeyRecord>, crate::store::StoreError> {
-        if let Some((rec, at)) = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(&hash)
+    pub async fn key_by_hash(
+        &self,
+        hash: [u8; 32],
+    ) -> Result<Option<KeyRecord>, crate::store::StoreError> {
+        if let Some((rec, at)) = self
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
             && at.elapsed() < KEY_TTL
         {
             return Ok(Some(rec.clone()));
@@ -129,13 +136,14 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -153,7 +161,10 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
-    let runtime = Runtime::new(cfg.system.component_timeout, cfg.system.component_memory_bytes)?;
+    let runtime = Runtime::new(
+        cfg.system.component_timeout,
+        cfg.system.component_memory_bytes,
+    )?;
     let comps = {
         let rt = runtime.clone();
         let dir = cfg.system.components_dir.clone();
@@ -163,7 +174,11 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let store = Store::connect(&opts.database_url).await?;
     let (usage, _writer) = crate::store::spawn_writer(store.clone());
     let upstream = Upstream::new(cfg.system.connect_timeout)?;
-    let listen = opts.listen.clone().or_else(|| cfg.system.listen.clone()).unwrap_or_else(|| "127.0.0.1:8000".into());
+    let listen = opts
+        .listen
+        .clone()
+        .or_else(|| cfg.system.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8000".into());
     let max_body = cfg.system.max_body_bytes;
 
     let stats = Stats::default();
@@ -185,10 +200,14 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         keys: Mutex::new(HashMap::new()),
     });
     if app.master_key.is_none() {
-        tracing::warn!("SMART_ROUTER_MASTER_KEY is not set: only keys created with `smart-router keys create` are accepted");
+        tracing::warn!(
+            "SMART_ROUTER_MASTER_KEY is not set: only keys created with `smart-router keys create` are accepted"
+        );
     }
     let watcher = crate::reload::watch(app.clone())?;
-    let listener = TcpListener::bind(&listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let listener = TcpListener::bind(&listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     let router = crate::server::router(app.clone(), max_body);
     let (shutdown, stop) = oneshot::channel::<()>();
@@ -201,5 +220,11 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         }
     });
     tracing::info!(%addr, "smart-router listening");
-    Ok(Running { addr, app, shutdown, server, _watcher: watcher })
+    Ok(Running {
+        addr,
+        app,
+        shutdown,
+        server,
+        _watcher: watcher,
+    })
 }

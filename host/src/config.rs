@@ -28,7 +28,11 @@ impl ConfigError {
         let field = field.as_ref();
         ConfigError {
             file: file.to_string(),
-            location: if field.is_empty() { String::new() } else { format!("{field}: ") },
+            location: if field.is_empty() {
+                String::new()
+            } else {
+                format!("{field}: ")
+            },
             message: message.into(),
         }
     }
@@ -118,7 +122,9 @@ impl Channel {
     }
 
     pub fn has(&self, capability: Capability) -> bool {
-        self.capabilities.as_ref().is_none_or(|caps| caps.contains(&capability))
+        self.capabilities
+            .as_ref()
+            .is_none_or(|caps| caps.contains(&capability))
     }
 }
 
@@ -172,22 +178,40 @@ pub fn load(dir: &Path) -> Result<Config, ConfigError> {
     let groups: files::GroupsFile = parse(dir, "model_groups.yaml")?;
     let system: files::SystemFile = parse(dir, "system.yaml")?;
     let _pricing: serde_yaml::Value = parse(dir, "pricing_policies.yaml")?;
-    resolve(dir, providers, groups, system, &|name| std::env::var(name).ok())
+    resolve(dir, providers, groups, system, &|name| {
+        std::env::var(name).ok()
+    })
 }
 
-fn parse<T: serde::de::DeserializeOwned + Default>(dir: &Path, file: &str) -> Result<T, ConfigError> {
+fn parse<T: serde::de::DeserializeOwned + Default>(
+    dir: &Path,
+    file: &str,
+) -> Result<T, ConfigError> {
     let path = dir.join(file);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(T::default()),
-        Err(e) => return Err(ConfigError::at(file, "", format!("cannot read {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(ConfigError::at(
+                file,
+                "",
+                format!("cannot read {}: {e}", path.display()),
+            ));
+        }
     };
     parse_str(file, &text)
 }
 
 /// Parses one file's text; errors name the field path and the line.
-pub fn parse_str<T: serde::de::DeserializeOwned + Default>(file: &str, text: &str) -> Result<T, ConfigError> {
-    if text.trim().is_empty() || text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+pub fn parse_str<T: serde::de::DeserializeOwned + Default>(
+    file: &str,
+    text: &str,
+) -> Result<T, ConfigError> {
+    if text.trim().is_empty()
+        || text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
         return Ok(T::default());
     }
     let de = serde_yaml::Deserializer::from_str(text);

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use sha2::{Digest, Sha256};
 
 #[derive(Parser)]
-#[command(name = "smart-router", version, about = "An OpenAI-compatible LLM gateway with WebAssembly routing strategies and provider adapters")]
+#[command(
+    name = "smart-router",
+    version,
+    about = "An OpenAI-compatible LLM gateway with WebAssembly routing strategies and provider adapters"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,7 +28,11 @@ enum Command {
         #[arg(long, env = "SMART_ROUTER_LISTEN")]
         listen: Option<String>,
         /// sqlite:PATH or postgres://… (default: SQLite under data/).
-        #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/smart-router.db")]
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "sqlite://data/smart-router.db"
+        )]
         database: String,
     },
     /// Validate a configuration folder and its components as a reload would, then exit.
@@ -49,7 +57,11 @@ enum KeysCommand {
         /// Comma-separated models and groups the key may use (default: all).
         #[arg(long)]
         models: Option<String>,
-        #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/smart-router.db")]
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "sqlite://data/smart-router.db"
+        )]
         database: String,
     },
 }
@@ -57,10 +69,16 @@ enum KeysCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SMART_ROUTER_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SMART_ROUTER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_target(false)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -78,7 +96,11 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { config, listen, database } => {
+        Command::Serve {
+            config,
+            listen,
+            database,
+        } => {
             let running = smart_router::start(smart_router::Options {
                 config_dir: config,
                 database_url: database,
@@ -90,12 +112,26 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check(config).await,
-        Command::Keys { action: KeysCommand::Create { name, models, database } } => {
+        Command::Keys {
+            action:
+                KeysCommand::Create {
+                    name,
+                    models,
+                    database,
+                },
+        } => {
             let store = smart_router::store::Store::connect(&database).await?;
-            let key = format!("sk-sr-{:016x}{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..), fastrand::u64(..));
+            let key = format!(
+                "sk-sr-{:016x}{:016x}{:016x}",
+                fastrand::u64(..),
+                fastrand::u64(..),
+                fastrand::u64(..)
+            );
             let hash = smart_router::app::hex(&Sha256::digest(key.as_bytes()));
             let id = format!("key_{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff);
-            store.create_key(&id, &name, &hash, models.as_deref()).await?;
+            store
+                .create_key(&id, &name, &hash, models.as_deref())
+                .await?;
             println!("{key}");
             eprintln!("created key `{name}` ({id}); it is shown only now and stored as a hash");
             Ok(ExitCode::SUCCESS)
@@ -112,17 +148,31 @@ async fn check(dir: PathBuf) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let rt = smart_router::components::Runtime::new(cfg.system.component_timeout, cfg.system.component_memory_bytes)?;
+    let rt = smart_router::components::Runtime::new(
+        cfg.system.component_timeout,
+        cfg.system.component_memory_bytes,
+    )?;
     let mut failed = false;
     let mut comps = smart_router::components::Components::default();
-    for kind in [smart_router::components::Kind::Strategy, smart_router::components::Kind::Adapter] {
+    for kind in [
+        smart_router::components::Kind::Strategy,
+        smart_router::components::Kind::Adapter,
+    ] {
         let folder = cfg.system.components_dir.join(kind.folder());
         let mut paths: Vec<PathBuf> = std::fs::read_dir(&folder)
-            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "wasm")).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+                    .collect()
+            })
             .unwrap_or_default();
         paths.sort();
         for path in paths {
-            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             match smart_router::components::load_component(&rt, kind, &name, &path) {
                 Ok(loaded) => {
                     println!("ok: {} `{name}` ({})", kind.label(), path.display());
@@ -135,7 +185,11 @@ async fn check(dir: PathBuf) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    for w in cfg.warnings.iter().chain(smart_router::reload::missing(&cfg, &comps).iter()) {
+    for w in cfg
+        .warnings
+        .iter()
+        .chain(smart_router::reload::missing(&cfg, &comps).iter())
+    {
         println!("warning: {w}");
     }
     println!(
@@ -145,5 +199,9 @@ async fn check(dir: PathBuf) -> anyhow::Result<ExitCode> {
         cfg.channels.len(),
         cfg.groups.len()
     );
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -39,7 +39,11 @@ pub struct RequestScope {
 #[derive(Debug)]
 pub enum Failure {
     /// Try the next channel.
-    Retry { class: &'static str, message: String, retry_after_ms: Option<u64> },
+    Retry {
+        class: &'static str,
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
     /// Stop: the client's request is at fault.
     Fatal(ApiError),
 }
@@ -56,20 +60,32 @@ pub(crate) struct Attempt {
 }
 
 /// Tries channel `idx` as attempt `number`.
-pub async fn attempt(scope: &Arc<RequestScope>, idx: usize, number: u32) -> Result<Response, Failure> {
+pub async fn attempt(
+    scope: &Arc<RequestScope>,
+    idx: usize,
+    number: u32,
+) -> Result<Response, Failure> {
     let channel = scope.cfg.channels[idx].clone();
     let Some(provider) = scope.cfg.providers.get(&channel.provider).cloned() else {
         return Err(retry("config", "provider vanished", None));
     };
     let Some(adapter) = scope.comps.adapters.get(&provider.adapter).cloned() else {
-        return Err(retry("adapter_missing", format!("adapter `{}` is not loaded", provider.adapter), None));
+        return Err(retry(
+            "adapter_missing",
+            format!("adapter `{}` is not loaded", provider.adapter),
+            None,
+        ));
     };
     let stats = scope.app.stats.channel(&channel.id);
     let now = now_ms();
     if let Some(limit) = channel.daily_limit
         && !stats.try_reserve(limit, now)
     {
-        return Err(retry("daily_quota", format!("channel `{}` has used its daily limit", channel.id), None));
+        return Err(retry(
+            "daily_quota",
+            format!("channel `{}` has used its daily limit", channel.id),
+            None,
+        ));
     }
     let reserved = channel.daily_limit.is_some();
     let unreserve = |stats: &ChannelStats| {
@@ -95,7 +111,9 @@ pub async fn attempt(scope: &Arc<RequestScope>, idx: usize, number: u32) -> Resu
         Ok(Err(perr)) => {
             unreserve(&stats);
             return Err(match class_name(perr.class) {
-                "bad_request" | "content_filtered" => Failure::Fatal(client_error(&perr, &provider)),
+                "bad_request" | "content_filtered" => {
+                    Failure::Fatal(client_error(&perr, &provider))
+                }
                 class => retry(class, redact(&perr.message, &provider), None),
             });
         }
@@ -104,24 +122,49 @@ pub async fn attempt(scope: &Arc<RequestScope>, idx: usize, number: u32) -> Resu
             return Err(adapter_failed(&scope.app, e));
         }
     };
-    let att = Attempt { scope: scope.clone(), channel, provider, number, stats: stats.clone(), started: Instant::now(), started_ms: now };
+    let att = Attempt {
+        scope: scope.clone(),
+        channel,
+        provider,
+        number,
+        stats: stats.clone(),
+        started: Instant::now(),
+        started_ms: now,
+    };
     let guard = stats.enter();
     let first_byte = scope.cfg.system.first_byte_timeout;
-    let resp = match scope.app.upstream.send(&att.provider, http, first_byte).await {
+    let resp = match scope
+        .app
+        .upstream
+        .send(&att.provider, http, first_byte)
+        .await
+    {
         Ok(r) => r,
         Err(UpstreamError::InvalidRequest(why)) => {
             unreserve(&stats);
-            return Err(adapter_failed(&scope.app, CallError::Malformed { component: session.name().to_string(), reason: why }));
+            return Err(adapter_failed(
+                &scope.app,
+                CallError::Malformed {
+                    component: session.name().to_string(),
+                    reason: why,
+                },
+            ));
         }
         Err(e) => {
-            let class = if matches!(e, UpstreamError::Timeout) { "timeout" } else { "connect" };
+            let class = if matches!(e, UpstreamError::Timeout) {
+                "timeout"
+            } else {
+                "connect"
+            };
             att.fail(class, &e.to_string(), 0, None).await;
             return Err(retry(class, e.to_string(), None));
         }
     };
     if !(200..300).contains(&resp.status) {
         let status = resp.status;
-        let body = read_body(resp.body, ERROR_BODY_LIMIT).await.unwrap_or_default();
+        let body = read_body(resp.body, ERROR_BODY_LIMIT)
+            .await
+            .unwrap_or_default();
         let perr = match session.classify_error(status, &resp.headers, &body) {
             Ok(p) => p,
             Err(e) => {
@@ -145,13 +188,15 @@ pub async fn attempt(scope: &Arc<RequestScope>, idx: usize, number: u32) -> Resu
         Ok(Ok(out)) => {
             att.succeed(out.usage, resp.status, None).await;
             drop(guard);
-            let mut response = ([(header::CONTENT_TYPE, "application/json")], out.body).into_response();
+            let mut response =
+                ([(header::CONTENT_TYPE, "application/json")], out.body).into_response();
             att.tag(&mut response);
             Ok(response)
         }
         Ok(Err(perr)) => Err(att.provider_failed(perr, resp.status).await),
         Err(e) => {
-            att.fail("adapter_error", &e.to_string(), resp.status, None).await;
+            att.fail("adapter_error", &e.to_string(), resp.status, None)
+                .await;
             Err(adapter_failed(&scope.app, e))
         }
     }
@@ -169,9 +214,19 @@ impl Attempt {
         }
     }
 
-    fn record(&self, status: u16, outcome: &'static str, class: Option<&str>, message: Option<String>, usage: Option<&Usage>, ttft_ms: Option<u64>) -> UsageRecord {
+    fn record(
+        &self,
+        status: u16,
+        outcome: &'static str,
+        class: Option<&str>,
+        message: Option<String>,
+        usage: Option<&Usage>,
+        ttft_ms: Option<u64>,
+    ) -> UsageRecord {
         let s = &self.scope;
-        let (p, c) = usage.map_or((0, 0), |u| (u64::from(u.prompt_tokens), u64::from(u.completion_tokens)));
+        let (p, c) = usage.map_or((0, 0), |u| {
+            (u64::from(u.prompt_tokens), u64::from(u.completion_tokens))
+        });
         UsageRecord {
             request_id: s.request_id.clone(),
             attempt: self.number,
@@ -200,7 +255,11 @@ impl Attempt {
     /// A successful attempt: statistics and the usage row.
     pub async fn succeed(&self, usage: Option<Usage>, status: u16, ttft_ms: Option<u64>) {
         let latency = self.started.elapsed().as_secs_f64() * 1000.0;
-        self.stats.record_success(latency, ttft_ms.map(|t| t as f64), usage.as_ref().map_or(0, |u| u.completion_tokens));
+        self.stats.record_success(
+            latency,
+            ttft_ms.map(|t| t as f64),
+            usage.as_ref().map_or(0, |u| u.completion_tokens),
+        );
         let rec = self.record(status, "success", None, None, usage.as_ref(), ttft_ms);
         self.scope.app.usage.record(rec).await;
     }
@@ -209,7 +268,14 @@ impl Attempt {
     pub async fn fail(&self, class: &str, message: &str, status: u16, usage: Option<&Usage>) {
         self.stats.record_failure();
         Counters::bump(&self.scope.app.counters.upstream_failures);
-        let rec = self.record(status, "error", Some(class), Some(redact(message, &self.provider)), usage, None);
+        let rec = self.record(
+            status,
+            "error",
+            Some(class),
+            Some(redact(message, &self.provider)),
+            usage,
+            None,
+        );
         self.scope.app.usage.record(rec).await;
     }
 
@@ -218,24 +284,48 @@ impl Attempt {
         let class = class_name(perr.class);
         let now = now_ms();
         match perr.class {
-            ErrorClass::RateLimited => self.stats.cool_down(now + perr.retry_after_ms.unwrap_or(10_000)),
+            ErrorClass::RateLimited => self
+                .stats
+                .cool_down(now + perr.retry_after_ms.unwrap_or(10_000)),
             ErrorClass::Auth | ErrorClass::QuotaExhausted => self.stats.cool_down(now + 300_000),
-            ErrorClass::ServerError | ErrorClass::Timeout if self.stats.snapshot(now).consecutive_failures >= 2 => self.stats.cool_down(now + 10_000),
+            ErrorClass::ServerError | ErrorClass::Timeout
+                if self.stats.snapshot(now).consecutive_failures >= 2 =>
+            {
+                self.stats.cool_down(now + 10_000)
+            }
             _ => {}
         }
-        let client_fault = matches!(perr.class, ErrorClass::BadRequest | ErrorClass::ContentFiltered);
+        let client_fault = matches!(
+            perr.class,
+            ErrorClass::BadRequest | ErrorClass::ContentFiltered
+        );
         if client_fault {
-            let rec = self.record(status, "client_error", Some(class), Some(redact(&perr.message, &self.provider)), None, None);
+            let rec = self.record(
+                status,
+                "client_error",
+                Some(class),
+                Some(redact(&perr.message, &self.provider)),
+                None,
+                None,
+            );
             self.scope.app.usage.record(rec).await;
             return Failure::Fatal(client_error(&perr, &self.provider));
         }
         self.fail(class, &perr.message, status, None).await;
-        retry(class, redact(&perr.message, &self.provider), perr.retry_after_ms)
+        retry(
+            class,
+            redact(&perr.message, &self.provider),
+            perr.retry_after_ms,
+        )
     }
 }
 
 fn retry(class: &'static str, message: impl Into<String>, retry_after_ms: Option<u64>) -> Failure {
-    Failure::Retry { class, message: message.into(), retry_after_ms }
+    Failure::Retry {
+        class,
+        message: message.into(),
+        retry_after_ms,
+    }
 }
 
 fn adapter_failed(app: &App, e: CallError) -> Failure {
@@ -246,8 +336,20 @@ fn adapter_failed(app: &App, e: CallError) -> Failure {
 
 /// The client's error from a provider's verdict that the request itself is at fault.
 fn client_error(perr: &ProviderError, provider: &Provider) -> ApiError {
-    let code = if perr.class == ErrorClass::ContentFiltered { Some("content_filter") } else { None };
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, format!("The provider refused the request: {}", redact(&perr.message, provider)))
+    let code = if perr.class == ErrorClass::ContentFiltered {
+        Some("content_filter")
+    } else {
+        None
+    };
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        code,
+        format!(
+            "The provider refused the request: {}",
+            redact(&perr.message, provider)
+        ),
+    )
 }
 
 /// Never let a provider echo its key back to a client or a log.
@@ -277,7 +379,12 @@ fn fallback_classification(status: u16, headers: &[(String, String)]) -> Provide
         .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
         .and_then(|(_, v)| v.trim().parse::<f64>().ok())
         .map(|s| (s * 1000.0) as u64);
-    ProviderError { class, temporary: status >= 500 || status == 429, retry_after_ms, message: format!("upstream status {status}") }
+    ProviderError {
+        class,
+        temporary: status >= 500 || status == 429,
+        retry_after_ms,
+        message: format!("upstream status {status}"),
+    }
 }
 
 pub fn class_name(c: ErrorClass) -> &'static str {

@@ -15,8 +15,10 @@ use crate::app::App;
 use crate::components::{Components, Kind, Runtime, load_component};
 use crate::config::{self, Config};
 
-/// How long the folders must be quiet before a batch of changes is applied.
+/// How long the folders must be quiet before a batch of changes is applied…
 const DEBOUNCE: Duration = Duration::from_millis(150);
+/// …but a batch waits no longer than this, however busy the folders are.
+const MAX_DELAY: Duration = Duration::from_millis(600);
 
 /// Loads every component under `dir/strategies` and `dir/adapters`, logging the ones refused.
 pub fn load_all(rt: &Runtime, dir: &Path) -> Components {
@@ -27,7 +29,11 @@ pub fn load_all(rt: &Runtime, dir: &Path) -> Components {
             tracing::warn!(folder = %folder.display(), "component folder is missing; no {}s loaded from it", kind.label());
             continue;
         };
-        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| is_wasm(p)).collect();
+        let mut paths: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| is_wasm(p))
+            .collect();
         paths.sort();
         for path in paths {
             let name = component_name(&path);
@@ -36,7 +42,9 @@ pub fn load_all(rt: &Runtime, dir: &Path) -> Components {
                     tracing::info!(file = %path.display(), "{} `{name}` loaded", kind.label());
                     set.insert(name, loaded);
                 }
-                Err(e) => tracing::error!(file = %path.display(), "refused {} file {}: {e}", kind.label(), path.display()),
+                Err(e) => {
+                    tracing::error!(file = %path.display(), "refused {} file {}: {e}", kind.label(), path.display())
+                }
             }
         }
     }
@@ -59,7 +67,10 @@ pub fn missing(cfg: &Config, comps: &Components) -> Vec<String> {
         }
     }
     if !comps.strategies.contains_key(&cfg.system.default_strategy) {
-        out.push(format!("the default strategy `{}` is not loaded: plain model names route in priority order", cfg.system.default_strategy));
+        out.push(format!(
+            "the default strategy `{}` is not loaded: plain model names route in priority order",
+            cfg.system.default_strategy
+        ));
     }
     for p in cfg.providers.values() {
         if !comps.adapters.contains_key(&p.adapter) {
@@ -74,7 +85,9 @@ fn is_wasm(p: &Path) -> bool {
 }
 
 fn component_name(p: &Path) -> String {
-    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Starts watching. The returned watcher must be kept alive.
@@ -101,8 +114,14 @@ pub fn watch(app: Arc<App>) -> notify::Result<notify::RecommendedWatcher> {
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let mut changed = BTreeSet::from([first]);
-            // Debounce: wait until the folders are quiet.
-            while let Ok(Some(p)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+            // Debounce: wait until the folders are quiet (or the batch is old enough).
+            let give_up = tokio::time::Instant::now() + MAX_DELAY;
+            while let Ok(Some(p)) = tokio::time::timeout_at(
+                give_up.min(tokio::time::Instant::now() + DEBOUNCE),
+                rx.recv(),
+            )
+            .await
+            {
                 changed.insert(p);
             }
             let app = app.clone();
@@ -120,7 +139,10 @@ fn apply(app: &App, components_dir: &Path, changed: BTreeSet<PathBuf>) {
     let mut comps_changed = false;
     let cfg = app.config.load_full();
     for path in &changed {
-        let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if path.parent() == Some(cfg.dir.as_path()) && config::FILES.contains(&file_name.as_str()) {
             config_changed = true;
             continue;
@@ -135,7 +157,9 @@ fn apply(app: &App, components_dir: &Path, changed: BTreeSet<PathBuf>) {
         };
         let name = component_name(path);
         if path.exists() {
-            let Ok(bytes) = std::fs::read(path) else { continue };
+            let Ok(bytes) = std::fs::read(path) else {
+                continue;
+            };
             let digest: [u8; 32] = Sha256::digest(&bytes).into();
             if comps.get_digest(kind, &name) == Some(digest) {
                 continue;
@@ -148,7 +172,11 @@ fn apply(app: &App, components_dir: &Path, changed: BTreeSet<PathBuf>) {
                     tracing::info!(file = %path.display(), "{} `{name}` {}", kind.label(), if replaced { "reloaded" } else { "loaded" });
                 }
                 Err(e) => {
-                    let keeping = if comps.get_digest(kind, &name).is_some() { "; the previous version keeps serving" } else { "" };
+                    let keeping = if comps.get_digest(kind, &name).is_some() {
+                        "; the previous version keeps serving"
+                    } else {
+                        ""
+                    };
                     tracing::error!(file = %path.display(), "refused {} file {}: {e}{keeping}", kind.label(), path.display());
                 }
             }
@@ -177,7 +205,9 @@ fn apply(app: &App, components_dir: &Path, changed: BTreeSet<PathBuf>) {
                 tracing::info!(dir = %new.dir.display(), groups = new.groups.len(), channels = new.channels.len(), "configuration reloaded");
                 app.install_config(new);
             }
-            Err(e) => tracing::error!("refused configuration change: {e}; the previous configuration keeps serving"),
+            Err(e) => tracing::error!(
+                "refused configuration change: {e}; the previous configuration keeps serving"
+            ),
         }
     }
 }
@@ -186,12 +216,22 @@ fn apply(app: &App, components_dir: &Path, changed: BTreeSet<PathBuf>) {
 fn users_of(cfg: &Config, kind: Kind, name: &str) -> Vec<String> {
     match kind {
         Kind::Strategy => {
-            let mut users: Vec<String> = cfg.groups.values().filter(|g| g.strategy == name).map(|g| format!("group `{}`", g.name)).collect();
+            let mut users: Vec<String> = cfg
+                .groups
+                .values()
+                .filter(|g| g.strategy == name)
+                .map(|g| format!("group `{}`", g.name))
+                .collect();
             if cfg.system.default_strategy == name {
                 users.push("the default strategy".into());
             }
             users
         }
-        Kind::Adapter => cfg.providers.values().filter(|p| p.adapter == name).map(|p| format!("provider `{}`", p.name)).collect(),
+        Kind::Adapter => cfg
+            .providers
+            .values()
+            .filter(|p| p.adapter == name)
+            .map(|p| format!("provider `{}`", p.name))
+            .collect(),
     }
 }

@@ -5,7 +5,9 @@ use serde_json::{Map, Value};
 
 use crate::app::{App, Counters};
 use crate::components::Components;
-use crate::components::strategy_api::smart_router::gateway::types::{Candidate, Health, RequestInfo};
+use crate::components::strategy_api::smart_router::gateway::types::{
+    Candidate, Health, RequestInfo,
+};
 use crate::config::{Capability, Config, Member};
 use crate::server::error::ApiError;
 use crate::stats::now_ms;
@@ -27,23 +29,54 @@ pub struct Facts {
 pub fn facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(_) => return Err(ApiError::invalid_param("model", "`model` must be a non-empty string")),
-        None => return Err(ApiError::invalid_param("model", "you must provide a model parameter")),
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "model",
+                "`model` must be a non-empty string",
+            ));
+        }
+        None => {
+            return Err(ApiError::invalid_param(
+                "model",
+                "you must provide a model parameter",
+            ));
+        }
     };
     let messages = match body.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
-        Some(Value::Array(_)) => return Err(ApiError::invalid_param("messages", "`messages` must contain at least one message")),
-        Some(_) => return Err(ApiError::invalid_param("messages", "`messages` must be an array")),
-        None => return Err(ApiError::invalid_param("messages", "missing required parameter: `messages`")),
+        Some(Value::Array(_)) => {
+            return Err(ApiError::invalid_param(
+                "messages",
+                "`messages` must contain at least one message",
+            ));
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "messages",
+                "`messages` must be an array",
+            ));
+        }
+        None => {
+            return Err(ApiError::invalid_param(
+                "messages",
+                "missing required parameter: `messages`",
+            ));
+        }
     };
     let mut text_bytes = 0usize;
     let mut needs_vision = false;
     for (i, m) in messages.iter().enumerate() {
         let Some(obj) = m.as_object() else {
-            return Err(ApiError::invalid_param("messages", format!("messages[{i}] must be an object")));
+            return Err(ApiError::invalid_param(
+                "messages",
+                format!("messages[{i}] must be an object"),
+            ));
         };
         if !obj.get("role").is_some_and(Value::is_string) {
-            return Err(ApiError::invalid_param("messages", format!("messages[{i}].role must be a string")));
+            return Err(ApiError::invalid_param(
+                "messages",
+                format!("messages[{i}].role must be a string"),
+            ));
         }
         match obj.get("content") {
             Some(Value::String(s)) => text_bytes += s.len(),
@@ -51,7 +84,9 @@ pub fn facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
                 for p in parts {
                     match p.get("type").and_then(Value::as_str) {
                         Some("image_url") | Some("input_image") => needs_vision = true,
-                        _ => text_bytes += p.get("text").and_then(Value::as_str).map_or(0, str::len),
+                        _ => {
+                            text_bytes += p.get("text").and_then(Value::as_str).map_or(0, str::len)
+                        }
                     }
                 }
             }
@@ -64,13 +99,26 @@ pub fn facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
     let is_stream = match body.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(ApiError::invalid_param("stream", "`stream` must be a boolean")),
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "stream",
+                "`stream` must be a boolean",
+            ));
+        }
     };
-    let max_output_tokens = match body.get("max_completion_tokens").or_else(|| body.get("max_tokens")) {
+    let max_output_tokens = match body
+        .get("max_completion_tokens")
+        .or_else(|| body.get("max_tokens"))
+    {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
             Some(n) => Some(n.min(u64::from(u32::MAX)) as u32),
-            None => return Err(ApiError::invalid_param("max_tokens", "`max_tokens` must be a non-negative integer")),
+            None => {
+                return Err(ApiError::invalid_param(
+                    "max_tokens",
+                    "`max_tokens` must be a non-negative integer",
+                ));
+            }
         },
     };
     let needs_tools = match body.get("tools") {
@@ -81,8 +129,16 @@ pub fn facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
         }
         Some(_) => return Err(ApiError::invalid_param("tools", "`tools` must be an array")),
     };
-    let needs_json = body.get("response_format").and_then(|f| f.get("type")).and_then(Value::as_str).is_some_and(|t| t != "text");
-    let include_usage = body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool) == Some(true);
+    let needs_json = body
+        .get("response_format")
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t != "text");
+    let include_usage = body
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        == Some(true);
     Ok(Facts {
         model,
         is_stream,
@@ -90,7 +146,8 @@ pub fn facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
         needs_tools,
         needs_vision,
         needs_json,
-        estimated_prompt_tokens: (text_bytes / 4 + 4 * messages.len()).min(u32::MAX as usize) as u32,
+        estimated_prompt_tokens: (text_bytes / 4 + 4 * messages.len()).min(u32::MAX as usize)
+            as u32,
         max_output_tokens,
     })
 }
@@ -106,14 +163,23 @@ pub struct Plan {
 
 /// Picks and orders the channels for a request.
 pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Result<Plan, ApiError> {
-    let (group, members, strategy, params): (Option<String>, &[Member], &str, &str) = match cfg.groups.get(&facts.model) {
-        Some(g) => (Some(g.name.clone()), &g.members, &g.strategy, &g.params_json),
-        None => match cfg.models.get(&facts.model) {
-            Some(m) => (None, m, &cfg.system.default_strategy, "{}"),
-            None => return Err(ApiError::model_not_found(&facts.model)),
-        },
-    };
-    let filters = group.as_ref().and_then(|g| cfg.groups.get(g)).map(|g| &g.filters);
+    let (group, members, strategy, params): (Option<String>, &[Member], &str, &str) =
+        match cfg.groups.get(&facts.model) {
+            Some(g) => (
+                Some(g.name.clone()),
+                &g.members,
+                &g.strategy,
+                &g.params_json,
+            ),
+            None => match cfg.models.get(&facts.model) {
+                Some(m) => (None, m, &cfg.system.default_strategy, "{}"),
+                None => return Err(ApiError::model_not_found(&facts.model)),
+            },
+        };
+    let filters = group
+        .as_ref()
+        .and_then(|g| cfg.groups.get(g))
+        .map(|g| &g.filters);
     let now = now_ms();
     let mut candidates: Vec<Candidate> = Vec::with_capacity(members.len());
     let mut chosen: Vec<&Member> = Vec::with_capacity(members.len());
@@ -124,20 +190,32 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
         if ch.disabled.is_some() {
             continue;
         }
-        let Some(provider) = cfg.providers.get(&ch.provider) else { continue };
+        let Some(provider) = cfg.providers.get(&ch.provider) else {
+            continue;
+        };
         if !comps.adapters.contains_key(&provider.adapter) {
             continue;
         }
-        let needed = facts.estimated_prompt_tokens.saturating_add(facts.max_output_tokens.unwrap_or(0));
+        let needed = facts
+            .estimated_prompt_tokens
+            .saturating_add(facts.max_output_tokens.unwrap_or(0));
         let fits = (!facts.needs_tools || ch.has(Capability::FunctionCalling))
             && (!facts.needs_vision || ch.has(Capability::Vision))
             && (!facts.needs_json || ch.has(Capability::JsonMode))
             && ch.context_length.is_none_or(|c| needed <= c);
         let passes_group = filters.is_none_or(|f| {
-            f.max_cost_per_1k.is_none_or(|max| ch.effective_cost_per_1k() <= max + 1e-12)
-                && f.min_context_length.is_none_or(|min| ch.context_length.is_none_or(|c| c >= min))
-                && f.capabilities.iter().all(|c| ch.capabilities.as_ref().is_some_and(|caps| caps.contains(c)))
-                && f.providers.as_ref().is_none_or(|p| p.contains(&ch.provider))
+            f.max_cost_per_1k
+                .is_none_or(|max| ch.effective_cost_per_1k() <= max + 1e-12)
+                && f.min_context_length
+                    .is_none_or(|min| ch.context_length.is_none_or(|c| c >= min))
+                && f.capabilities.iter().all(|c| {
+                    ch.capabilities
+                        .as_ref()
+                        .is_some_and(|caps| caps.contains(c))
+                })
+                && f.providers
+                    .as_ref()
+                    .is_none_or(|p| p.contains(&ch.provider))
                 && !f.exclude_providers.contains(&ch.provider)
         });
         if !passes_group {
@@ -174,7 +252,13 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
             tokens_per_second: snap.tokens_per_second,
             success_rate: snap.success_rate,
             in_flight: snap.in_flight,
-            quota_remaining: ch.daily_limit.map(|l| if l == 0 { 0.0 } else { (l - snap.used_today.min(l)) as f64 / l as f64 }),
+            quota_remaining: ch.daily_limit.map(|l| {
+                if l == 0 {
+                    0.0
+                } else {
+                    (l - snap.used_today.min(l)) as f64 / l as f64
+                }
+            }),
             quota_remaining_requests: ch.daily_limit.map(|l| l.saturating_sub(snap.used_today)),
             health: if snap.consecutive_failures >= 3 {
                 Health::Probing
@@ -196,26 +280,54 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
                 .with_retry_after(Some(secs)));
         }
         if unfit > 0 {
-            let need = [(facts.needs_tools, "function calling"), (facts.needs_vision, "vision"), (facts.needs_json, "JSON mode")]
-                .iter()
-                .filter(|(n, _)| *n)
-                .map(|(_, s)| *s)
-                .collect::<Vec<_>>();
-            let need = if need.is_empty() { "a context window this large".to_string() } else { need.join(", ") };
-            return Err(ApiError::invalid(format!("No channel of `{label}` supports what this request needs ({need}).")));
+            let need = [
+                (facts.needs_tools, "function calling"),
+                (facts.needs_vision, "vision"),
+                (facts.needs_json, "JSON mode"),
+            ]
+            .iter()
+            .filter(|(n, _)| *n)
+            .map(|(_, s)| *s)
+            .collect::<Vec<_>>();
+            let need = if need.is_empty() {
+                "a context window this large".to_string()
+            } else {
+                need.join(", ")
+            };
+            return Err(ApiError::invalid(format!(
+                "No channel of `{label}` supports what this request needs ({need})."
+            )));
         }
-        return Err(ApiError::unavailable(format!("No channel of `{label}` is available right now (disabled, out of daily quota, or its adapter is not loaded).")));
+        return Err(ApiError::unavailable(format!(
+            "No channel of `{label}` is available right now (disabled, out of daily quota, or its adapter is not loaded)."
+        )));
     }
 
     let order = rank(app, comps, strategy, params, facts, &candidates, now);
-    Ok(Plan { group, channels: order.into_iter().map(|i| chosen[i].channel).collect() })
+    Ok(Plan {
+        group,
+        channels: order.into_iter().map(|i| chosen[i].channel).collect(),
+    })
 }
 
 /// Asks the strategy; on any failure falls back to priority order, logging and counting it.
-fn rank(app: &App, comps: &Components, strategy: &str, params: &str, facts: &Facts, candidates: &[Candidate], now: u64) -> Vec<usize> {
+fn rank(
+    app: &App,
+    comps: &Components,
+    strategy: &str,
+    params: &str,
+    facts: &Facts,
+    candidates: &[Candidate],
+    now: u64,
+) -> Vec<usize> {
     let fallback = || {
         let mut idx: Vec<usize> = (0..candidates.len()).collect();
-        idx.sort_by(|&a, &b| candidates[a].priority.cmp(&candidates[b].priority).then(candidates[b].weight.total_cmp(&candidates[a].weight)));
+        idx.sort_by(|&a, &b| {
+            candidates[a]
+                .priority
+                .cmp(&candidates[b].priority)
+                .then(candidates[b].weight.total_cmp(&candidates[a].weight))
+        });
         idx
     };
     let Some(component) = comps.strategies.get(strategy) else {
@@ -245,7 +357,10 @@ fn rank(app: &App, comps: &Components, strategy: &str, params: &str, facts: &Fac
         }
         Ok(_) => {
             Counters::bump(&app.counters.strategy_failures);
-            tracing::warn!(strategy, "strategy dropped every candidate; using priority order");
+            tracing::warn!(
+                strategy,
+                "strategy dropped every candidate; using priority order"
+            );
             fallback()
         }
         Err(e) => {

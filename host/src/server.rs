@@ -31,7 +31,12 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::new(axum::http::StatusCode::NOT_FOUND, "invalid_request_error", Some("unknown_url"), format!("Unknown request URL: {}", uri.path()))
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        Some("unknown_url"),
+        format!("Unknown request URL: {}", uri.path()),
+    )
 }
 
 /// `GET /v1/models`: the model groups, then the plain model names channels serve.
@@ -40,12 +45,16 @@ async fn models(State(app): State<Arc<App>>, caller: Caller) -> Response {
     let mut data = Vec::new();
     for g in cfg.groups.values() {
         if caller.may_use(&g.name) {
-            data.push(json!({"id": g.name, "object": "model", "created": 0, "owned_by": "smart-router",
-                "display_name": g.display_name, "description": g.description}));
+            data.push(
+                json!({"id": g.name, "object": "model", "created": 0, "owned_by": "smart-router",
+                "display_name": g.display_name, "description": g.description}),
+            );
         }
     }
     for (name, members) in &cfg.models {
-        let served_directly = members.iter().any(|m| cfg.channels[m.channel].model == *name && cfg.channels[m.channel].disabled.is_none());
+        let served_directly = members.iter().any(|m| {
+            cfg.channels[m.channel].model == *name && cfg.channels[m.channel].disabled.is_none()
+        });
         if served_directly && !cfg.groups.contains_key(name) && caller.may_use(name) {
             let owner = &cfg.channels[members[0].channel].provider;
             data.push(json!({"id": name, "object": "model", "created": 0, "owned_by": owner}));

@@ -29,7 +29,12 @@ pub struct Stats {
 
 impl Stats {
     pub fn channel(&self, id: &str) -> Arc<ChannelStats> {
-        if let Some(s) = self.channels.read().unwrap_or_else(|e| e.into_inner()).get(id) {
+        if let Some(s) = self
+            .channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
             return s.clone();
         }
         let mut map = self.channels.write().unwrap_or_else(|e| e.into_inner());
@@ -78,7 +83,11 @@ impl ChannelStats {
             latency_ms: w.latency_ms,
             ttft_ms: w.ttft_ms,
             tokens_per_second: w.tokens_per_second,
-            success_rate: if w.len == 0 { 1.0 } else { successes as f64 / w.len as f64 },
+            success_rate: if w.len == 0 {
+                1.0
+            } else {
+                successes as f64 / w.len as f64
+            },
             consecutive_failures: w.consecutive_failures,
             in_flight: self.in_flight.load(Ordering::Relaxed),
             used_today: self.used_today(now_ms),
@@ -114,7 +123,8 @@ impl ChannelStats {
 
     /// Parks the channel until `until_ms` (never shortens an existing cooldown).
     pub fn cool_down(&self, until_ms: u64) {
-        self.cooldown_until_ms.fetch_max(until_ms, Ordering::Relaxed);
+        self.cooldown_until_ms
+            .fetch_max(until_ms, Ordering::Relaxed);
     }
 
     /// `Some(until)` while the channel is cooling down.
@@ -136,13 +146,17 @@ impl ChannelStats {
     pub fn try_reserve(&self, limit: u64, now_ms: u64) -> bool {
         self.roll_day(now_ms);
         self.quota_used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| (used < limit).then_some(used + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used < limit).then_some(used + 1)
+            })
             .is_ok()
     }
 
     /// Gives back a reservation whose request never reached the upstream.
     pub fn release(&self) {
-        let _ = self.quota_used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1));
+        let _ = self
+            .quota_used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1));
     }
 
     /// Seeds today's count (at start-up, from the usage table).
@@ -155,7 +169,10 @@ impl ChannelStats {
         let today = now_ms / DAY_MS;
         let day = self.quota_day.load(Ordering::Acquire);
         if day != today
-            && self.quota_day.compare_exchange(day, today, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            && self
+                .quota_day
+                .compare_exchange(day, today, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
         {
             self.quota_used.store(0, Ordering::Release);
         }
@@ -206,7 +223,10 @@ mod tests {
             }
         });
         assert_eq!(granted.load(Ordering::Relaxed), 50);
-        assert!(s.try_reserve(50, now + DAY_MS), "a new day resets the quota");
+        assert!(
+            s.try_reserve(50, now + DAY_MS),
+            "a new day resets the quota"
+        );
     }
 
     #[test]

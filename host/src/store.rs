@@ -60,14 +60,24 @@ impl Store {
         };
         let mut url = url.to_string();
         if backend == Backend::Sqlite {
-            let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
             let path = path.split('?').next().unwrap_or_default();
             if !path.is_empty() && path != ":memory:" {
-                if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).map_err(|e| StoreError::Folder(parent.display().to_string(), e))?;
+                if let Some(parent) = Path::new(path)
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| StoreError::Folder(parent.display().to_string(), e))?;
                 }
                 if !url.contains("mode=") {
-                    url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+                    url.push_str(if url.contains('?') {
+                        "&mode=rwc"
+                    } else {
+                        "?mode=rwc"
+                    });
                 }
             }
         }
@@ -76,7 +86,9 @@ impl Store {
             .connect(&url)
             .await?;
         if backend == Backend::Sqlite {
-            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await?;
         }
         let store = Store { pool, backend };
         store.migrate().await?;
@@ -119,21 +131,32 @@ impl Store {
 
     /// Looks a key up by its SHA-256 hash (hex).
     pub async fn find_key(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query("SELECT id, name, allowed_models FROM api_keys WHERE key_hash = $1 AND disabled = 0")
-            .bind(key_hash)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id, name, allowed_models FROM api_keys WHERE key_hash = $1 AND disabled = 0",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(|r| KeyRecord {
             id: r.get("id"),
             name: r.get("name"),
-            allowed_models: r
-                .get::<Option<String>, _>("allowed_models")
-                .map(|s| s.split(',').map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect()),
+            allowed_models: r.get::<Option<String>, _>("allowed_models").map(|s| {
+                s.split(',')
+                    .map(|m| m.trim().to_string())
+                    .filter(|m| !m.is_empty())
+                    .collect()
+            }),
         }))
     }
 
     /// Stores a new key's hash.
-    pub async fn create_key(&self, id: &str, name: &str, key_hash: &str, allowed_models: Option<&str>) -> Result<(), StoreError> {
+    pub async fn create_key(
+        &self,
+        id: &str,
+        name: &str,
+        key_hash: &str,
+        allowed_models: Option<&str>,
+    ) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO api_keys (id, name, key_hash, allowed_models, created_at_ms, disabled) VALUES ($1, $2, $3, $4, $5, 0)")
             .bind(id)
             .bind(name)
@@ -153,6 +176,9 @@ impl Store {
         .bind(since_ms as i64)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(|r| (r.get::<String, _>("channel_id"), r.get::<i64, _>("n"))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<String, _>("channel_id"), r.get::<i64, _>("n")))
+            .collect())
     }
 }

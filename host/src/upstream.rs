@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
-use crate::components::adapter_api::exports::smart_router::gateway::translation::{Auth, HttpRequest};
+use crate::components::adapter_api::exports::smart_router::gateway::translation::{
+    Auth, HttpRequest,
+};
 use crate::config::Provider;
 
 /// A response body arriving in pieces.
@@ -44,7 +46,15 @@ pub struct Upstream {
 }
 
 /// Headers an adapter may not set: the host owns them.
-const FORBIDDEN: [&str; 7] = ["authorization", "host", "content-length", "transfer-encoding", "connection", "x-api-key", "cookie"];
+const FORBIDDEN: [&str; 7] = [
+    "authorization",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "x-api-key",
+    "cookie",
+];
 
 impl Upstream {
     pub fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
@@ -59,13 +69,19 @@ impl Upstream {
     }
 
     /// Sends `req` to `provider`, waiting at most `first_byte` for the response headers.
-    pub async fn send(&self, provider: &Provider, req: HttpRequest, first_byte: Duration) -> Result<UpstreamResponse, UpstreamError> {
+    pub async fn send(
+        &self,
+        provider: &Provider,
+        req: HttpRequest,
+        first_byte: Duration,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         validate(&req, provider)?;
         if provider.base_url.starts_with("mock:") {
             return Ok(mock::respond(&req));
         }
         let mut url = format!("{}{}", provider.base_url, req.path);
-        let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|_| UpstreamError::InvalidRequest(format!("method `{}`", req.method)))?;
+        let method = reqwest::Method::from_bytes(req.method.as_bytes())
+            .map_err(|_| UpstreamError::InvalidRequest(format!("method `{}`", req.method)))?;
         let key = provider.api_key.as_ref().map(|k| k.expose());
         if let (Auth::Query(name), Some(key)) = (&req.auth, key) {
             url.push(if url.contains('?') { '&' } else { '?' });
@@ -94,22 +110,46 @@ impl Upstream {
         let headers = resp
             .headers()
             .iter()
-            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string())))
+            .filter_map(|(k, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (k.as_str().to_string(), v.to_string()))
+            })
             .collect();
         let body = resp.bytes_stream().map(|r| {
-            r.map_err(|e| if e.is_timeout() { UpstreamError::Timeout } else { UpstreamError::Body(describe(e)) })
+            r.map_err(|e| {
+                if e.is_timeout() {
+                    UpstreamError::Timeout
+                } else {
+                    UpstreamError::Body(describe(e))
+                }
+            })
         });
-        Ok(UpstreamResponse { status, headers, body: Box::pin(body) })
+        Ok(UpstreamResponse {
+            status,
+            headers,
+            body: Box::pin(body),
+        })
     }
 }
 
 /// The host's checks of what an adapter asks it to send.
 fn validate(req: &HttpRequest, provider: &Provider) -> Result<(), UpstreamError> {
     let bad = |why: String| Err(UpstreamError::InvalidRequest(why));
-    if !matches!(req.method.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE") {
+    if !matches!(
+        req.method.as_str(),
+        "GET" | "POST" | "PUT" | "PATCH" | "DELETE"
+    ) {
         return bad(format!("method `{}` is not allowed", req.method));
     }
-    if !req.path.starts_with('/') || req.path.starts_with("//") || req.path.contains("://") || req.path.chars().any(|c| c.is_control() || c == ' ' || c == '#' || c == '@') {
+    if !req.path.starts_with('/')
+        || req.path.starts_with("//")
+        || req.path.contains("://")
+        || req
+            .path
+            .chars()
+            .any(|c| c.is_control() || c == ' ' || c == '#' || c == '@')
+    {
         return bad("the path must be a plain path starting with `/`".into());
     }
     for (name, value) in &req.headers {
@@ -118,12 +158,17 @@ fn validate(req: &HttpRequest, provider: &Provider) -> Result<(), UpstreamError>
         if FORBIDDEN.contains(&lower.as_str()) || auth_header {
             return bad(format!("header `{name}` is set by the host"));
         }
-        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() || reqwest::header::HeaderValue::from_str(value).is_err() {
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || reqwest::header::HeaderValue::from_str(value).is_err()
+        {
             return bad(format!("header `{name}` is not a valid HTTP header"));
         }
     }
     if let Auth::Header(h) | Auth::Query(h) = &req.auth
-        && (h.is_empty() || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        && (h.is_empty()
+            || !h
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
     {
         return bad(format!("auth name `{h}` is not valid"));
     }

@@ -80,8 +80,8 @@ impl StreamOutput {
 #[doc(hidden)]
 pub struct StreamCell<S>(pub RefCell<S>);
 
-impl<S: StreamTranslator + 'static> bindings::exports::smart_router::gateway::translation::GuestStreamTranslator
-    for StreamCell<S>
+impl<S: StreamTranslator + 'static>
+    bindings::exports::smart_router::gateway::translation::GuestStreamTranslator for StreamCell<S>
 {
     fn new(ctx: RequestContext) -> Self {
         StreamCell(RefCell::new(S::new(ctx)))

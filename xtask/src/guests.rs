@@ -24,14 +24,25 @@ fn discover(root: &Path) -> Result<Vec<Crate>, String> {
         ("adapters", root.join("config/components")),
         ("tests/guests", root.join("target/test-components")),
     ] {
-        let Ok(entries) = std::fs::read_dir(root.join(folder)) else { continue };
-        let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.join("Cargo.toml").exists()).collect();
+        let Ok(entries) = std::fs::read_dir(root.join(folder)) else {
+            continue;
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("Cargo.toml").exists())
+            .collect();
         dirs.sort();
         for dir in dirs {
-            let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).map_err(|e| e.to_string())?;
+            let manifest =
+                std::fs::read_to_string(dir.join("Cargo.toml")).map_err(|e| e.to_string())?;
             let package = manifest
                 .lines()
-                .find_map(|l| l.trim().strip_prefix("name = \"").and_then(|r| r.strip_suffix('"')))
+                .find_map(|l| {
+                    l.trim()
+                        .strip_prefix("name = \"")
+                        .and_then(|r| r.strip_suffix('"'))
+                })
                 .ok_or_else(|| format!("{}: no package name", dir.display()))?
                 .to_string();
             let (kind, name) = if let Some(n) = package.strip_prefix("strategy-") {
@@ -39,9 +50,17 @@ fn discover(root: &Path) -> Result<Vec<Crate>, String> {
             } else if let Some(n) = package.strip_prefix("adapter-") {
                 ("adapter", n.to_string())
             } else {
-                return Err(format!("{}: guest packages are named strategy-NAME or adapter-NAME", dir.display()));
+                return Err(format!(
+                    "{}: guest packages are named strategy-NAME or adapter-NAME",
+                    dir.display()
+                ));
             };
-            crates.push(Crate { package, kind, name, out_dir: out.clone() });
+            crates.push(Crate {
+                package,
+                kind,
+                name,
+                out_dir: out.clone(),
+            });
         }
     }
     Ok(crates)
@@ -64,11 +83,20 @@ pub fn build_all(root: &Path) -> Result<(), String> {
             .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", &tc.linker)
             .env(
                 "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS",
-                format!("-C link-arg=--wasm-ld-path={} -C link-arg=--wasi-adapter=none", tc.wasm_ld.display()),
+                format!(
+                    "-C link-arg=--wasm-ld-path={} -C link-arg=--wasi-adapter=none",
+                    tc.wasm_ld.display()
+                ),
             )
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .args(["build", "--profile", "guest", "--target", "wasm32-unknown-unknown"]);
+            .args([
+                "build",
+                "--profile",
+                "guest",
+                "--target",
+                "wasm32-unknown-unknown",
+            ]);
         if let Some(rustc) = &tc.debian_rustc {
             let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
             cmd.env("RUSTC", rustc)
@@ -86,7 +114,11 @@ pub fn build_all(root: &Path) -> Result<(), String> {
     let built = root.join("target/guest/wasm32-unknown-unknown/guest");
     for c in &crates {
         let from = built.join(format!("{}.wasm", c.package.replace('-', "_")));
-        let folder = c.out_dir.join(if c.kind == "strategy" { "strategies" } else { "adapters" });
+        let folder = c.out_dir.join(if c.kind == "strategy" {
+            "strategies"
+        } else {
+            "adapters"
+        });
         std::fs::create_dir_all(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
         let to = folder.join(format!("{}.wasm", c.name));
         let bytes = std::fs::read(&from).map_err(|e| format!("{}: {e}", from.display()))?;
@@ -106,13 +138,27 @@ pub fn build_all(root: &Path) -> Result<(), String> {
 pub fn python_with_openai(root: &Path) -> Option<PathBuf> {
     let venv = root.join("target/py-venv");
     let python = venv.join("bin/python");
-    let has = |py: &Path| Command::new(py).args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success());
+    let has = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import openai"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
     if python.exists() && has(&python) {
         return Some(python);
     }
-    eprintln!("xtask: installing the official `openai` Python SDK into target/py-venv (for the SDK tests)");
-    let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success())
-        && Command::new(venv.join("bin/pip")).args(["install", "-q", "--disable-pip-version-check", "openai"]).status().is_ok_and(|s| s.success());
+    eprintln!(
+        "xtask: installing the official `openai` Python SDK into target/py-venv (for the SDK tests)"
+    );
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check", "openai"])
+            .status()
+            .is_ok_and(|s| s.success());
     if ok && has(&python) {
         Some(python)
     } else {

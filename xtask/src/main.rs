@@ -24,7 +24,9 @@ fn main() -> ExitCode {
             eprintln!("usage: cargo xtask <build|run|test|guests> [args]\n");
             eprintln!("  build   build target/release/smart-router and every component");
             eprintln!("  run     build, then serve config/ on 127.0.0.1:8000 (SQLite under data/)");
-            eprintln!("  test    build, then run the whole test suite (extra args go to the test runner)");
+            eprintln!(
+                "  test    build, then run the whole test suite (extra args go to the test runner)"
+            );
             eprintln!("  guests  build only the WebAssembly components");
             return ExitCode::from(2);
         }
@@ -45,8 +47,14 @@ fn root() -> PathBuf {
 
 /// Runs a command, failing with its description when it fails.
 pub fn run_cmd(cmd: &mut Command) -> Result<(), String> {
-    let status = cmd.status().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed ({status})")) }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed ({status})"))
+    }
 }
 
 fn cargo() -> Command {
@@ -56,15 +64,23 @@ fn cargo() -> Command {
 fn build(root: &Path) -> Result<(), String> {
     guests::build_all(root)?;
     eprintln!("xtask: building the gateway (release)");
-    run_cmd(cargo().current_dir(root).args(["build", "--release", "-p", "smart-router"]))
+    run_cmd(
+        cargo()
+            .current_dir(root)
+            .args(["build", "--release", "-p", "smart-router"]),
+    )
 }
 
 fn run(root: &Path, extra: &[String]) -> Result<(), String> {
     let bin = root.join("target/release/smart-router");
     let mut cmd = Command::new(bin);
-    cmd.current_dir(root).args(["serve", "--config", "config"]).args(extra);
+    cmd.current_dir(root)
+        .args(["serve", "--config", "config"])
+        .args(extra);
     if std::env::var_os("SMART_ROUTER_MASTER_KEY").is_none() {
-        eprintln!("xtask: SMART_ROUTER_MASTER_KEY is not set; using the local development key `sk-smart-router-dev`");
+        eprintln!(
+            "xtask: SMART_ROUTER_MASTER_KEY is not set; using the local development key `sk-smart-router-dev`"
+        );
         cmd.env("SMART_ROUTER_MASTER_KEY", "sk-smart-router-dev");
     }
     run_cmd(&mut cmd)
@@ -72,7 +88,10 @@ fn run(root: &Path, extra: &[String]) -> Result<(), String> {
 
 fn test(root: &Path, extra: &[String]) -> Result<(), String> {
     let python = guests::python_with_openai(root);
-    let nextest = Command::new("cargo").args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
+    let nextest = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     let mut cmd = cargo();
     cmd.current_dir(root);
     if let Some(py) = &python {

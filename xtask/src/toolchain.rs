@@ -17,24 +17,47 @@ pub struct Guest {
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 pub fn detect(root: &Path) -> Result<Guest, String> {
-    let sysroot = output(Command::new("rustc").current_dir(root).args(["--print", "sysroot"]))
-        .ok_or("cannot run `rustc --print sysroot`: is rustup's toolchain installed?")?;
+    let sysroot = output(
+        Command::new("rustc")
+            .current_dir(root)
+            .args(["--print", "sysroot"]),
+    )
+    .ok_or("cannot run `rustc --print sysroot`: is rustup's toolchain installed?")?;
     let host = output(Command::new("rustc").current_dir(root).arg("-vV"))
-        .and_then(|v| v.lines().find_map(|l| l.strip_prefix("host: ").map(str::to_string)))
+        .and_then(|v| {
+            v.lines()
+                .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        })
         .unwrap_or_else(|| "x86_64-unknown-linux-gnu".into());
-    let bin = Path::new(&sysroot).join("lib/rustlib").join(&host).join("bin");
+    let bin = Path::new(&sysroot)
+        .join("lib/rustlib")
+        .join(&host)
+        .join("bin");
     let linker = bin.join("wasm-component-ld");
     let wasm_ld = bin.join("gcc-ld/wasm-ld");
     if !linker.exists() || !wasm_ld.exists() {
-        return Err(format!("{} is missing: the rustup toolchain ships wasm-component-ld since Rust 1.82", linker.display()));
+        return Err(format!(
+            "{} is missing: the rustup toolchain ships wasm-component-ld since Rust 1.82",
+            linker.display()
+        ));
     }
-    if Path::new(&sysroot).join("lib/rustlib/wasm32-unknown-unknown/lib").exists() {
+    if Path::new(&sysroot)
+        .join("lib/rustlib/wasm32-unknown-unknown/lib")
+        .exists()
+    {
         eprintln!("xtask: guests: using the toolchain's wasm32-unknown-unknown standard library");
-        return Ok(Guest { cargo: "cargo".into(), debian_rustc: None, linker, wasm_ld });
+        return Ok(Guest {
+            cargo: "cargo".into(),
+            debian_rustc: None,
+            linker,
+            wasm_ld,
+        });
     }
     let rustc = PathBuf::from("/usr/bin/rustc");
     let cargo = PathBuf::from("/usr/bin/cargo");
@@ -48,7 +71,12 @@ pub fn detect(root: &Path) -> Result<Guest, String> {
             .into());
     }
     eprintln!("xtask: guests: building std for wasm32 from Debian's rust-web-src (-Z build-std)");
-    Ok(Guest { cargo, debian_rustc: Some(rustc), linker, wasm_ld })
+    Ok(Guest {
+        cargo,
+        debian_rustc: Some(rustc),
+        linker,
+        wasm_ld,
+    })
 }
 
 fn install_debian_rust() -> Result<(), String> {
@@ -58,7 +86,20 @@ fn install_debian_rust() -> Result<(), String> {
                     `sudo apt-get install rustc-web cargo-web rust-web-src` or `rustup target add wasm32-unknown-unknown`"
             .into());
     }
-    eprintln!("xtask: installing Debian's rustc-web, cargo-web and rust-web-src (the guest toolchain)");
+    eprintln!(
+        "xtask: installing Debian's rustc-web, cargo-web and rust-web-src (the guest toolchain)"
+    );
     crate::run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
-    crate::run_cmd(Command::new("apt-get").args(["install", "-y", "-qq", "rustc-web", "cargo-web", "rust-web-src"]).env("DEBIAN_FRONTEND", "noninteractive"))
+    crate::run_cmd(
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "rustc-web",
+                "cargo-web",
+                "rust-web-src",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }

@@ -20,20 +20,34 @@ struct OpenAi;
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ProviderError> {
     match smart_router_sdk::json::from_slice::<Value>(body) {
         Ok(Value::Object(o)) => Ok(o),
-        Ok(_) => Err(ProviderError::new(ErrorClass::ServerError, "the provider answered with JSON that is not an object")),
-        Err(e) => Err(ProviderError::new(ErrorClass::ServerError, format!("the provider answered with invalid JSON: {e}"))),
+        Ok(_) => Err(ProviderError::new(
+            ErrorClass::ServerError,
+            "the provider answered with JSON that is not an object",
+        )),
+        Err(e) => Err(ProviderError::new(
+            ErrorClass::ServerError,
+            format!("the provider answered with invalid JSON: {e}"),
+        )),
     }
 }
 
 /// OpenAI usage → the WIT record.
 pub(crate) fn usage_of(v: &Value) -> Option<Usage> {
     let u = v.as_object()?;
-    let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0).min(u64::from(u32::MAX)) as u32;
+    let n = |v: Option<&Value>| {
+        v.and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(u64::from(u32::MAX)) as u32
+    };
     Some(Usage {
         prompt_tokens: n(u.get("prompt_tokens")),
         completion_tokens: n(u.get("completion_tokens")),
-        cached_tokens: n(u.get("prompt_tokens_details").and_then(|d| d.get("cached_tokens"))),
-        reasoning_tokens: n(u.get("completion_tokens_details").and_then(|d| d.get("reasoning_tokens"))),
+        cached_tokens: n(u
+            .get("prompt_tokens_details")
+            .and_then(|d| d.get("cached_tokens"))),
+        reasoning_tokens: n(u
+            .get("completion_tokens_details")
+            .and_then(|d| d.get("reasoning_tokens"))),
     })
 }
 
@@ -43,7 +57,12 @@ impl Adapter for OpenAi {
     fn translate_request(ctx: &RequestContext, body: &str) -> Result<HttpRequest, ProviderError> {
         let mut req = match smart_router_sdk::json::from_str::<Value>(body) {
             Ok(Value::Object(o)) => o,
-            _ => return Err(ProviderError::new(ErrorClass::BadRequest, "the request body is not a JSON object")),
+            _ => {
+                return Err(ProviderError::new(
+                    ErrorClass::BadRequest,
+                    "the request body is not a JSON object",
+                ));
+            }
         };
         let options: Value = smart_router_sdk::json::from_str(&ctx.options).unwrap_or(Value::Null);
         req.insert("model".into(), Value::String(ctx.model.clone()));
@@ -73,13 +92,20 @@ impl Adapter for OpenAi {
         })
     }
 
-    fn translate_response(_ctx: &RequestContext, status: u16, body: &[u8]) -> Result<ChatResponse, ProviderError> {
+    fn translate_response(
+        _ctx: &RequestContext,
+        status: u16,
+        body: &[u8],
+    ) -> Result<ChatResponse, ProviderError> {
         let obj = parse_object(body)?;
         if obj.contains_key("error") || obj.get("object").and_then(Value::as_str) == Some("error") {
             return Err(errors::classify(status, &[], &Value::Object(obj)));
         }
         if !obj.get("choices").is_some_and(Value::is_array) {
-            return Err(ProviderError::new(ErrorClass::ServerError, "the provider's response has no `choices`"));
+            return Err(ProviderError::new(
+                ErrorClass::ServerError,
+                "the provider's response has no `choices`",
+            ));
         }
         let usage = obj.get("usage").and_then(usage_of);
         // The body passes through unchanged: every field the provider sent reaches the client.
@@ -100,7 +126,9 @@ pub struct OpenAiStream {
 
 impl StreamTranslator for OpenAiStream {
     fn new(ctx: RequestContext) -> Self {
-        OpenAiStream { include_usage: ctx.include_usage }
+        OpenAiStream {
+            include_usage: ctx.include_usage,
+        }
     }
 
     fn push(&mut self, event: SseEvent) -> Result<StreamOutput, ProviderError> {
@@ -109,17 +137,40 @@ impl StreamTranslator for OpenAiStream {
             return Ok(StreamOutput::empty());
         }
         if data == "[DONE]" {
-            return Ok(StreamOutput { chunks: Vec::new(), usage: None, done: true });
+            return Ok(StreamOutput {
+                chunks: Vec::new(),
+                usage: None,
+                done: true,
+            });
         }
-        let chunk: Value = smart_router_sdk::json::from_str(data)
-            .map_err(|e| ProviderError::new(ErrorClass::ServerError, format!("the provider streamed invalid JSON: {e}")))?;
-        if chunk.get("error").is_some() || event.event == "error" || chunk.get("object").and_then(Value::as_str) == Some("error") {
+        let chunk: Value = smart_router_sdk::json::from_str(data).map_err(|e| {
+            ProviderError::new(
+                ErrorClass::ServerError,
+                format!("the provider streamed invalid JSON: {e}"),
+            )
+        })?;
+        if chunk.get("error").is_some()
+            || event.event == "error"
+            || chunk.get("object").and_then(Value::as_str) == Some("error")
+        {
             return Err(errors::classify(200, &[], &chunk));
         }
         let usage = chunk.get("usage").and_then(usage_of);
-        let usage_only = chunk.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty) && usage.is_some();
-        let chunks = if usage_only && !self.include_usage { Vec::new() } else { vec![data.to_string()] };
-        Ok(StreamOutput { chunks, usage, done: false })
+        let usage_only = chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty)
+            && usage.is_some();
+        let chunks = if usage_only && !self.include_usage {
+            Vec::new()
+        } else {
+            vec![data.to_string()]
+        };
+        Ok(StreamOutput {
+            chunks,
+            usage,
+            done: false,
+        })
     }
 
     fn finish(&mut self) -> Result<StreamOutput, ProviderError> {

@@ -36,8 +36,17 @@ impl AdapterComponent {
     /// A fresh instance for one upstream attempt (request, response and stream translation share it).
     pub fn session(&self, rt: &Arc<Runtime>) -> Result<AdapterSession, CallError> {
         let mut store = rt.store(&self.name);
-        let instance = self.pre.instantiate(&mut store).map_err(|e| CallError::trap(&self.name, e))?;
-        Ok(AdapterSession { rt: rt.clone(), store, instance, name: self.name.clone(), stream: None })
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| CallError::trap(&self.name, e))?;
+        Ok(AdapterSession {
+            rt: rt.clone(),
+            store,
+            instance,
+            name: self.name.clone(),
+            stream: None,
+        })
     }
 }
 
@@ -68,7 +77,10 @@ impl AdapterSession {
         ctx: &RequestContext,
         body: &str,
     ) -> Result<Result<HttpRequest, ProviderError>, CallError> {
-        self.call(|i, s| i.smart_router_gateway_translation().call_translate_request(s, ctx, body))
+        self.call(|i, s| {
+            i.smart_router_gateway_translation()
+                .call_translate_request(s, ctx, body)
+        })
     }
 
     pub fn translate_response(
@@ -77,7 +89,10 @@ impl AdapterSession {
         status: u16,
         body: &[u8],
     ) -> Result<Result<ChatResponse, ProviderError>, CallError> {
-        self.call(|i, s| i.smart_router_gateway_translation().call_translate_response(s, ctx, status, body))
+        self.call(|i, s| {
+            i.smart_router_gateway_translation()
+                .call_translate_response(s, ctx, status, body)
+        })
     }
 
     pub fn classify_error(
@@ -86,24 +101,42 @@ impl AdapterSession {
         headers: &[(String, String)],
         body: &[u8],
     ) -> Result<ProviderError, CallError> {
-        self.call(|i, s| i.smart_router_gateway_translation().call_classify_error(s, status, headers, body))
+        self.call(|i, s| {
+            i.smart_router_gateway_translation()
+                .call_classify_error(s, status, headers, body)
+        })
     }
 
     /// Starts stream translation; `push` and `finish` follow.
     pub fn start_stream(&mut self, ctx: &RequestContext) -> Result<(), CallError> {
-        let handle = self.call(|i, s| i.smart_router_gateway_translation().stream_translator().call_constructor(s, ctx))?;
+        let handle = self.call(|i, s| {
+            i.smart_router_gateway_translation()
+                .stream_translator()
+                .call_constructor(s, ctx)
+        })?;
         self.stream = Some(handle);
         Ok(())
     }
 
-    pub fn push(&mut self, event: &SseEvent) -> Result<Result<StreamOutput, ProviderError>, CallError> {
+    pub fn push(
+        &mut self,
+        event: &SseEvent,
+    ) -> Result<Result<StreamOutput, ProviderError>, CallError> {
         let handle = self.stream_handle()?;
-        self.call(|i, s| i.smart_router_gateway_translation().stream_translator().call_push(s, handle, event))
+        self.call(|i, s| {
+            i.smart_router_gateway_translation()
+                .stream_translator()
+                .call_push(s, handle, event)
+        })
     }
 
     pub fn finish(&mut self) -> Result<Result<StreamOutput, ProviderError>, CallError> {
         let handle = self.stream_handle()?;
-        self.call(|i, s| i.smart_router_gateway_translation().stream_translator().call_finish(s, handle))
+        self.call(|i, s| {
+            i.smart_router_gateway_translation()
+                .stream_translator()
+                .call_finish(s, handle)
+        })
     }
 
     fn stream_handle(&self) -> Result<ResourceAny, CallError> {

@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
 
 use super::strategy::bindings::smart_router::gateway::{host, types};
 
@@ -28,7 +31,10 @@ impl CallError {
         // `{:#}` keeps the cause chain (deadline, out of memory, unreachable…) on one line.
         let mut reason = format!("{err:#}");
         reason.truncate(300);
-        CallError::Trap { component: component.to_string(), reason }
+        CallError::Trap {
+            component: component.to_string(),
+            reason,
+        }
     }
 }
 
@@ -86,22 +92,30 @@ impl Runtime {
         let engine = Engine::new(&config)?;
 
         let mut strategy_linker = Linker::new(&engine);
-        super::strategy::bindings::Strategy::add_to_linker::<_, HasSelf<_>>(&mut strategy_linker, |s| s)?;
+        super::strategy::bindings::Strategy::add_to_linker::<_, HasSelf<_>>(
+            &mut strategy_linker,
+            |s| s,
+        )?;
         let mut adapter_linker = Linker::new(&engine);
-        super::adapter::bindings::Adapter::add_to_linker::<_, HasSelf<_>>(&mut adapter_linker, |s| s)?;
+        super::adapter::bindings::Adapter::add_to_linker::<_, HasSelf<_>>(
+            &mut adapter_linker,
+            |s| s,
+        )?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = engine.weak();
         let stop_flag = stop.clone();
-        std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
-            while !stop_flag.load(Ordering::Relaxed) {
-                std::thread::sleep(TICK);
-                match ticker.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => break,
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !stop_flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match ticker.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
                 }
-            }
-        })?;
+            })?;
 
         Ok(Arc::new(Runtime {
             engine,
@@ -122,7 +136,13 @@ impl Runtime {
             .memories(16)
             .trap_on_grow_failure(true)
             .build();
-        let mut store = Store::new(&self.engine, CallState { limits, component: component.clone() });
+        let mut store = Store::new(
+            &self.engine,
+            CallState {
+                limits,
+                component: component.clone(),
+            },
+        );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks);
         store

@@ -48,8 +48,14 @@ pub enum LoadError {
     Read(std::io::Error),
     #[error("it is not a valid WebAssembly component: {0}")]
     Invalid(String),
-    #[error("it is built for the wrong world: expected the `{world}` world (exporting `{export}`), but it exports [{found}]")]
-    WrongWorld { world: &'static str, export: &'static str, found: String },
+    #[error(
+        "it is built for the wrong world: expected the `{world}` world (exporting `{export}`), but it exports [{found}]"
+    )]
+    WrongWorld {
+        world: &'static str,
+        export: &'static str,
+        found: String,
+    },
     #[error("it cannot be linked: {0}")]
     Link(String),
 }
@@ -106,7 +112,12 @@ impl Components {
 
 /// Reads, compiles, checks and pre-instantiates one component file. Blocking: call it off the
 /// request path.
-pub fn load_component(rt: &Runtime, kind: Kind, name: &str, path: &Path) -> Result<Loaded, LoadError> {
+pub fn load_component(
+    rt: &Runtime,
+    kind: Kind,
+    name: &str,
+    path: &Path,
+) -> Result<Loaded, LoadError> {
     let bytes = std::fs::read(path).map_err(LoadError::Read)?;
     load_bytes(rt, kind, name, &bytes)
 }
@@ -114,7 +125,8 @@ pub fn load_component(rt: &Runtime, kind: Kind, name: &str, path: &Path) -> Resu
 /// Like [`load_component`], from bytes.
 pub fn load_bytes(rt: &Runtime, kind: Kind, name: &str, bytes: &[u8]) -> Result<Loaded, LoadError> {
     let digest: [u8; 32] = Sha256::digest(bytes).into();
-    let component = Component::new(&rt.engine, bytes).map_err(|e| LoadError::Invalid(first_line(&e)))?;
+    let component =
+        Component::new(&rt.engine, bytes).map_err(|e| LoadError::Invalid(first_line(&e)))?;
     let ty = component.component_type();
     let exports: Vec<String> = ty
         .exports(&rt.engine)
@@ -122,19 +134,39 @@ pub fn load_bytes(rt: &Runtime, kind: Kind, name: &str, bytes: &[u8]) -> Result<
         .map(|(name, _)| name.to_string())
         .collect();
     if !exports.iter().any(|e| e == kind.export()) {
-        return Err(LoadError::WrongWorld { world: kind.label(), export: kind.export(), found: exports.join(", ") });
+        return Err(LoadError::WrongWorld {
+            world: kind.label(),
+            export: kind.export(),
+            found: exports.join(", "),
+        });
     }
     let name: Arc<str> = Arc::from(name);
     match kind {
         Kind::Strategy => {
-            let pre = rt.strategy_linker.instantiate_pre(&component).map_err(|e| LoadError::Link(first_line(&e)))?;
-            let pre = strategy_bindings::StrategyPre::new(pre).map_err(|e| LoadError::Link(first_line(&e)))?;
-            Ok(Loaded::Strategy(Arc::new(StrategyComponent { name, pre, digest })))
+            let pre = rt
+                .strategy_linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::Link(first_line(&e)))?;
+            let pre = strategy_bindings::StrategyPre::new(pre)
+                .map_err(|e| LoadError::Link(first_line(&e)))?;
+            Ok(Loaded::Strategy(Arc::new(StrategyComponent {
+                name,
+                pre,
+                digest,
+            })))
         }
         Kind::Adapter => {
-            let pre = rt.adapter_linker.instantiate_pre(&component).map_err(|e| LoadError::Link(first_line(&e)))?;
-            let pre = adapter_bindings::AdapterPre::new(pre).map_err(|e| LoadError::Link(first_line(&e)))?;
-            Ok(Loaded::Adapter(Arc::new(AdapterComponent { name, pre, digest })))
+            let pre = rt
+                .adapter_linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::Link(first_line(&e)))?;
+            let pre = adapter_bindings::AdapterPre::new(pre)
+                .map_err(|e| LoadError::Link(first_line(&e)))?;
+            Ok(Loaded::Adapter(Arc::new(AdapterComponent {
+                name,
+                pre,
+                digest,
+            })))
         }
     }
 }

@@ -33,7 +33,10 @@ impl StrategyComponent {
         params: &str,
     ) -> Result<Ranking, CallError> {
         let mut store = rt.store(&self.name);
-        let instance = self.pre.instantiate(&mut store).map_err(|e| CallError::trap(&self.name, e))?;
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| CallError::trap(&self.name, e))?;
         let answer = instance
             .smart_router_gateway_routing()
             .call_rank(&mut store, request, candidates, params)
@@ -47,7 +50,10 @@ impl StrategyComponent {
             let Some(slot) = seen.get_mut(i as usize) else {
                 return Err(CallError::Malformed {
                     component: self.name.to_string(),
-                    reason: format!("index {i} is out of range for {} candidates", candidates.len()),
+                    reason: format!(
+                        "index {i} is out of range for {} candidates",
+                        candidates.len()
+                    ),
                 });
             };
             if std::mem::replace(slot, true) {

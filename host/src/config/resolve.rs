@@ -31,10 +31,23 @@ pub fn resolve(
     for (name, entry) in providers_file.providers {
         let at = |field: &str| format!("providers.{name}.{field}");
         check_name(PROVIDERS, &at("adapter"), &entry.adapter)?;
-        let base_url = expand(PROVIDERS, &at("base_url"), &entry.base_url, env)?
-            .ok_or_else(|| ConfigError::at(PROVIDERS, at("base_url"), "references an environment variable that is not set"))?;
-        if !(base_url.starts_with("http://") || base_url.starts_with("https://") || base_url.starts_with("mock://")) {
-            return Err(ConfigError::at(PROVIDERS, at("base_url"), format!("`{base_url}` must start with http://, https:// or mock://")));
+        let base_url =
+            expand(PROVIDERS, &at("base_url"), &entry.base_url, env)?.ok_or_else(|| {
+                ConfigError::at(
+                    PROVIDERS,
+                    at("base_url"),
+                    "references an environment variable that is not set",
+                )
+            })?;
+        if !(base_url.starts_with("http://")
+            || base_url.starts_with("https://")
+            || base_url.starts_with("mock://"))
+        {
+            return Err(ConfigError::at(
+                PROVIDERS,
+                at("base_url"),
+                format!("`{base_url}` must start with http://, https:// or mock://"),
+            ));
         }
         let mut key_missing = None;
         let api_key = match &entry.api_key {
@@ -43,7 +56,9 @@ pub fn resolve(
                 Some(v) if !v.is_empty() => Some(Secret::new(v)),
                 Some(_) => None,
                 None => {
-                    key_missing = Some(format!("provider `{name}`: its api_key references an environment variable that is not set; its channels are disabled"));
+                    key_missing = Some(format!(
+                        "provider `{name}`: its api_key references an environment variable that is not set; its channels are disabled"
+                    ));
                     None
                 }
             },
@@ -53,7 +68,11 @@ pub fn resolve(
         }
         let options = entry.options.unwrap_or_else(|| serde_json::json!({}));
         if !options.is_object() {
-            return Err(ConfigError::at(PROVIDERS, at("options"), "must be a mapping"));
+            return Err(ConfigError::at(
+                PROVIDERS,
+                at("options"),
+                "must be a mapping",
+            ));
         }
         let off = if !entry.enabled {
             Some("its provider is disabled".to_string())
@@ -64,15 +83,30 @@ pub fn resolve(
         for (i, ch) in entry.channels.iter().enumerate() {
             let field = format!("providers.{name}.channels[{i}]");
             if ch.channel.is_some() {
-                return Err(ConfigError::at(PROVIDERS, format!("{field}.channel"), "only group entries name a channel; define it with `model`"));
+                return Err(ConfigError::at(
+                    PROVIDERS,
+                    format!("{field}.channel"),
+                    "only group entries name a channel; define it with `model`",
+                ));
             }
             if ch.provider.as_ref().is_some_and(|p| p != &name) {
-                return Err(ConfigError::at(PROVIDERS, format!("{field}.provider"), "a channel belongs to the provider it is listed under"));
+                return Err(ConfigError::at(
+                    PROVIDERS,
+                    format!("{field}.provider"),
+                    "a channel belongs to the provider it is listed under",
+                ));
             }
-            let model = ch.model.clone().ok_or_else(|| ConfigError::at(PROVIDERS, &field, "missing field `model`"))?;
+            let model = ch
+                .model
+                .clone()
+                .ok_or_else(|| ConfigError::at(PROVIDERS, &field, "missing field `model`"))?;
             let id = ch.id.clone().unwrap_or_else(|| format!("{name}/{model}"));
             if index.contains_key(&id) {
-                return Err(ConfigError::at(PROVIDERS, format!("{field}.id"), format!("channel `{id}` is defined twice")));
+                return Err(ConfigError::at(
+                    PROVIDERS,
+                    format!("{field}.id"),
+                    format!("channel `{id}` is defined twice"),
+                ));
             }
             let mut channel = new_channel(id.clone(), name.clone(), model);
             apply(&mut channel, ch, PROVIDERS, &field)?;
@@ -90,7 +124,10 @@ pub fn resolve(
                 base_url: base_url.trim_end_matches('/').to_string(),
                 api_key,
                 options_json: options.to_string(),
-                timeout: entry.timeout_secs.map(Duration::from_secs).unwrap_or(system.request_timeout),
+                timeout: entry
+                    .timeout_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or(system.request_timeout),
             }),
         );
     }
@@ -98,33 +135,58 @@ pub fn resolve(
     let mut groups = BTreeMap::new();
     for (name, entry) in groups_file.model_groups {
         let at = |field: &str| format!("model_groups.{name}.{field}");
-        let strategy = entry.strategy.unwrap_or_else(|| system.default_strategy.clone());
+        let strategy = entry
+            .strategy
+            .unwrap_or_else(|| system.default_strategy.clone());
         check_name(GROUPS, &at("strategy"), &strategy)?;
         let mut params = entry.strategy_params.unwrap_or_default();
         if let Some(rs) = entry.routing_strategy {
             if !rs.is_array() {
-                return Err(ConfigError::at(GROUPS, at("routing_strategy"), "must be a list of {field, order, weight}"));
+                return Err(ConfigError::at(
+                    GROUPS,
+                    at("routing_strategy"),
+                    "must be a list of {field, order, weight}",
+                ));
             }
             params.insert("routing_strategy".into(), rs);
         }
         if let Some(p) = &entry.filters.providers {
             for (i, prov) in p.iter().enumerate() {
                 if !providers.contains_key(prov) {
-                    return Err(ConfigError::at(GROUPS, at(&format!("filters.providers[{i}]")), format!("unknown provider `{prov}`")));
+                    return Err(ConfigError::at(
+                        GROUPS,
+                        at(&format!("filters.providers[{i}]")),
+                        format!("unknown provider `{prov}`"),
+                    ));
                 }
             }
         }
         let members = match entry.channels {
             None => (0..channels.len())
-                .map(|i| Member { channel: i, priority: channels[i].priority, weight: channels[i].weight })
+                .map(|i| Member {
+                    channel: i,
+                    priority: channels[i].priority,
+                    weight: channels[i].weight,
+                })
                 .collect(),
             Some(list) => {
                 let mut members: Vec<Member> = Vec::with_capacity(list.len());
                 for (i, ch) in list.iter().enumerate() {
                     let field = at(&format!("channels[{i}]"));
-                    let idx = group_channel(ch, &field, &providers, &provider_off, &mut channels, &mut index)?;
+                    let idx = group_channel(
+                        ch,
+                        &field,
+                        &providers,
+                        &provider_off,
+                        &mut channels,
+                        &mut index,
+                    )?;
                     if members.iter().any(|m| m.channel == idx) {
-                        return Err(ConfigError::at(GROUPS, &field, format!("channel `{}` is listed twice", channels[idx].id)));
+                        return Err(ConfigError::at(
+                            GROUPS,
+                            &field,
+                            format!("channel `{}` is listed twice", channels[idx].id),
+                        ));
                     }
                     members.push(Member {
                         channel: idx,
@@ -151,14 +213,26 @@ pub fn resolve(
 
     let mut models: BTreeMap<String, Vec<Member>> = BTreeMap::new();
     for (i, ch) in channels.iter().enumerate() {
-        let member = Member { channel: i, priority: ch.priority, weight: ch.weight };
+        let member = Member {
+            channel: i,
+            priority: ch.priority,
+            weight: ch.weight,
+        };
         models.entry(ch.model.clone()).or_default().push(member);
         if ch.id != ch.model {
             models.entry(ch.id.clone()).or_default().push(member);
         }
     }
 
-    Ok(Config { dir: dir.to_path_buf(), system, providers, channels, groups, models, warnings })
+    Ok(Config {
+        dir: dir.to_path_buf(),
+        system,
+        providers,
+        channels,
+        groups,
+        models,
+        warnings,
+    })
 }
 
 fn new_channel(id: String, provider: String, model: String) -> Channel {
@@ -188,16 +262,38 @@ fn group_channel(
     index: &mut HashMap<String, usize>,
 ) -> Result<usize, ConfigError> {
     let idx = if let Some(id) = &ch.channel {
-        *index.get(id).ok_or_else(|| ConfigError::at(GROUPS, format!("{field}.channel"), format!("unknown channel `{id}`")))?
+        *index.get(id).ok_or_else(|| {
+            ConfigError::at(
+                GROUPS,
+                format!("{field}.channel"),
+                format!("unknown channel `{id}`"),
+            )
+        })?
     } else {
-        let provider = ch.provider.as_ref().ok_or_else(|| ConfigError::at(GROUPS, field, "name a `channel`, or a `provider` and a `model`"))?;
-        let model = ch.model.as_ref().ok_or_else(|| ConfigError::at(GROUPS, field, "missing field `model`"))?;
-        let id = ch.id.clone().unwrap_or_else(|| format!("{provider}/{model}"));
+        let provider = ch.provider.as_ref().ok_or_else(|| {
+            ConfigError::at(
+                GROUPS,
+                field,
+                "name a `channel`, or a `provider` and a `model`",
+            )
+        })?;
+        let model = ch
+            .model
+            .as_ref()
+            .ok_or_else(|| ConfigError::at(GROUPS, field, "missing field `model`"))?;
+        let id = ch
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("{provider}/{model}"));
         match index.get(&id) {
             Some(&i) => i,
             None => {
                 if !providers.contains_key(provider) {
-                    return Err(ConfigError::at(GROUPS, format!("{field}.provider"), format!("unknown provider `{provider}` (define it in providers.yaml)")));
+                    return Err(ConfigError::at(
+                        GROUPS,
+                        format!("{field}.provider"),
+                        format!("unknown provider `{provider}` (define it in providers.yaml)"),
+                    ));
                 }
                 let mut channel = new_channel(id.clone(), provider.clone(), model.clone());
                 // A provider's state (disabled, key missing) applies to channels declared here too.
@@ -217,13 +313,22 @@ fn group_channel(
 }
 
 /// Applies a channel definition's settings.
-fn apply(channel: &mut Channel, ch: &ChannelEntry, file: &str, field: &str) -> Result<(), ConfigError> {
+fn apply(
+    channel: &mut Channel,
+    ch: &ChannelEntry,
+    file: &str,
+    field: &str,
+) -> Result<(), ConfigError> {
     if let Some(p) = ch.priority {
         channel.priority = p;
     }
     if let Some(w) = ch.weight {
         if !(w.is_finite() && w > 0.0) {
-            return Err(ConfigError::at(file, format!("{field}.weight"), "must be a positive number"));
+            return Err(ConfigError::at(
+                file,
+                format!("{field}.weight"),
+                "must be a positive number",
+            ));
         }
         channel.weight = w;
     }
@@ -237,15 +342,32 @@ fn apply(channel: &mut Channel, ch: &ChannelEntry, file: &str, field: &str) -> R
 fn merge(channel: &mut Channel, ch: &ChannelEntry, field: &str) -> Result<(), ConfigError> {
     fn price(field: &str, name: &str, v: Option<f64>) -> Result<Option<f64>, ConfigError> {
         match v {
-            Some(x) if !(x.is_finite() && x >= 0.0) => Err(ConfigError::at(GROUPS, format!("{field}.{name}"), "must be a number ≥ 0")),
+            Some(x) if !(x.is_finite() && x >= 0.0) => Err(ConfigError::at(
+                GROUPS,
+                format!("{field}.{name}"),
+                "must be a number ≥ 0",
+            )),
             other => Ok(other),
         }
     }
-    let conflict = |name: &str| ConfigError::at(GROUPS, format!("{field}.{name}"), format!("channel `{}` already sets {name} to a different value; set it in one place", channel.id));
+    let conflict = |name: &str| {
+        ConfigError::at(
+            GROUPS,
+            format!("{field}.{name}"),
+            format!(
+                "channel `{}` already sets {name} to a different value; set it in one place",
+                channel.id
+            ),
+        )
+    };
     if let Some(w) = ch.weight
         && !(w.is_finite() && w > 0.0)
     {
-        return Err(ConfigError::at(GROUPS, format!("{field}.weight"), "must be a positive number"));
+        return Err(ConfigError::at(
+            GROUPS,
+            format!("{field}.weight"),
+            "must be a positive number",
+        ));
     }
     if let Some(v) = ch.daily_limit {
         if channel.daily_limit.is_some_and(|x| x != v) {
@@ -282,15 +404,26 @@ fn merge(channel: &mut Channel, ch: &ChannelEntry, field: &str) -> Result<(), Co
 
 fn system(dir: &Path, f: SystemFile) -> Result<System, ConfigError> {
     let components_dir = dir.join(f.components_dir.as_deref().unwrap_or("components"));
-    let default_strategy = f.routing.default_strategy.unwrap_or_else(|| "weighted-sort".into());
+    let default_strategy = f
+        .routing
+        .default_strategy
+        .unwrap_or_else(|| "weighted-sort".into());
     check_name(SYSTEM, "routing.default_strategy", &default_strategy)?;
     let max_attempts = f.routing.max_attempts.unwrap_or(4);
     if max_attempts == 0 {
-        return Err(ConfigError::at(SYSTEM, "routing.max_attempts", "must be at least 1"));
+        return Err(ConfigError::at(
+            SYSTEM,
+            "routing.max_attempts",
+            "must be at least 1",
+        ));
     }
     let timeout_ms = f.components.timeout_ms.unwrap_or(100);
     if timeout_ms == 0 {
-        return Err(ConfigError::at(SYSTEM, "components.timeout_ms", "must be at least 1"));
+        return Err(ConfigError::at(
+            SYSTEM,
+            "components.timeout_ms",
+            "must be at least 1",
+        ));
     }
     Ok(System {
         listen: f.server.listen,
@@ -309,23 +442,42 @@ fn system(dir: &Path, f: SystemFile) -> Result<System, ConfigError> {
 
 /// Component names are file names: letters, digits, `-` and `_`.
 fn check_name(file: &str, field: &str, name: &str) -> Result<(), ConfigError> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(ConfigError::at(file, field, format!("`{name}` is not a component name (letters, digits, - and _)")));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ConfigError::at(
+            file,
+            field,
+            format!("`{name}` is not a component name (letters, digits, - and _)"),
+        ));
     }
     Ok(())
 }
 
 /// Expands `${VAR}` references. `Ok(None)`: a referenced variable is not set.
-fn expand(file: &str, field: &str, raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<String>, ConfigError> {
+fn expand(
+    file: &str,
+    field: &str,
+    raw: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<String>, ConfigError> {
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| ConfigError::at(file, field, "unclosed `${`"))?;
+        let end = after
+            .find('}')
+            .ok_or_else(|| ConfigError::at(file, field, "unclosed `${`"))?;
         let name = &after[..end];
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(ConfigError::at(file, field, format!("`${{{name}}}` is not an environment variable name")));
+            return Err(ConfigError::at(
+                file,
+                field,
+                format!("`${{{name}}}` is not an environment variable name"),
+            ));
         }
         match env(name) {
             Some(v) => out.push_str(&v),
@@ -345,7 +497,9 @@ mod tests {
     fn load(providers: &str, groups: &str) -> Result<Config, ConfigError> {
         let p: ProvidersFile = parse_str(PROVIDERS, providers)?;
         let g: GroupsFile = parse_str(GROUPS, groups)?;
-        resolve(Path::new("/cfg"), p, g, SystemFile::default(), &|n| (n == "SET").then(|| "sk-123".to_string()))
+        resolve(Path::new("/cfg"), p, g, SystemFile::default(), &|n| {
+            (n == "SET").then(|| "sk-123".to_string())
+        })
     }
 
     const BRIEF: &str = r#"
@@ -384,7 +538,10 @@ model_groups:
         assert_eq!(g.members[0].weight, 1.5);
         assert_eq!(cfg.channels[g.members[1].channel].daily_limit, Some(1000));
         assert!(g.params_json.contains("effective_cost"));
-        assert!(cfg.channels[g.members[1].channel].disabled.is_some(), "unset key disables");
+        assert!(
+            cfg.channels[g.members[1].channel].disabled.is_some(),
+            "unset key disables"
+        );
         assert!(cfg.channels[g.members[0].channel].disabled.is_none());
         assert_eq!(cfg.warnings.len(), 1);
     }
@@ -394,12 +551,19 @@ model_groups:
         let e = load("providers:\n  groq: {adapter: openai, base_url: 'https://x', channels: [{model: m, daily_limt: 3}]}\n", "")
             .expect_err("typo refused");
         let text = e.to_string();
-        assert!(text.starts_with("providers.yaml: providers.groq.channels[0]"), "{text}");
+        assert!(
+            text.starts_with("providers.yaml: providers.groq.channels[0]"),
+            "{text}"
+        );
         assert!(text.contains("daily_limt"), "{text}");
 
         let e = load("providers: {}", BRIEF).expect_err("unknown provider");
         assert_eq!(e.file, "model_groups.yaml");
-        assert!(e.location.contains("model_groups.auto:free.channels[0].provider"), "{e}");
+        assert!(
+            e.location
+                .contains("model_groups.auto:free.channels[0].provider"),
+            "{e}"
+        );
     }
 
     #[test]

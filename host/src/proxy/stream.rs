@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 
 use super::{Attempt, Failure, Guard, adapter_failed, class_name, retry};
 use crate::components::AdapterSession;
-use crate::components::adapter_api::exports::smart_router::gateway::translation::{RequestContext, SseEvent, StreamOutput, Usage};
+use crate::components::adapter_api::exports::smart_router::gateway::translation::{
+    RequestContext, SseEvent, StreamOutput, Usage,
+};
 use crate::server::error::ApiError;
 use crate::upstream::sse::Parser;
 use crate::upstream::{BodyStream, UpstreamResponse};
@@ -34,7 +36,11 @@ enum Step {
     /// The upstream stream is complete.
     End,
     /// The adapter reported an error inside the stream, or the transport broke.
-    Error { class: &'static str, message: String, retry_after_ms: Option<u64> },
+    Error {
+        class: &'static str,
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
 }
 
 impl Pump {
@@ -46,7 +52,13 @@ impl Pump {
             Some(Ok(bytes)) => {
                 let events = match self.parser.feed(&bytes) {
                     Ok(e) => e,
-                    Err(why) => return Step::Error { class: "bad_stream", message: why, retry_after_ms: None },
+                    Err(why) => {
+                        return Step::Error {
+                            class: "bad_stream",
+                            message: why,
+                            retry_after_ms: None,
+                        };
+                    }
                 };
                 let mut chunks = Vec::new();
                 for e in events {
@@ -60,7 +72,11 @@ impl Pump {
                 }
                 Step::Chunks(chunks)
             }
-            Some(Err(e)) => Step::Error { class: "stream_broken", message: e.to_string(), retry_after_ms: None },
+            Some(Err(e)) => Step::Error {
+                class: "stream_broken",
+                message: e.to_string(),
+                retry_after_ms: None,
+            },
             None => {
                 self.ended = true;
                 let mut chunks = Vec::new();
@@ -72,20 +88,47 @@ impl Pump {
                 }
                 match self.session.finish() {
                     Ok(Ok(out)) => chunks.append(&mut self.take(out)),
-                    Ok(Err(perr)) => return Step::Error { class: class_name(perr.class), message: perr.message, retry_after_ms: perr.retry_after_ms },
-                    Err(e) => return Step::Error { class: "adapter_error", message: e.to_string(), retry_after_ms: None },
+                    Ok(Err(perr)) => {
+                        return Step::Error {
+                            class: class_name(perr.class),
+                            message: perr.message,
+                            retry_after_ms: perr.retry_after_ms,
+                        };
+                    }
+                    Err(e) => {
+                        return Step::Error {
+                            class: "adapter_error",
+                            message: e.to_string(),
+                            retry_after_ms: None,
+                        };
+                    }
                 }
-                if chunks.is_empty() { Step::End } else { Step::Chunks(chunks) }
+                if chunks.is_empty() {
+                    Step::End
+                } else {
+                    Step::Chunks(chunks)
+                }
             }
         }
     }
 
     fn push(&mut self, e: crate::upstream::sse::Event) -> Result<Vec<String>, Step> {
-        let event = SseEvent { event: e.event, data: e.data };
+        let event = SseEvent {
+            event: e.event,
+            data: e.data,
+        };
         match self.session.push(&event) {
             Ok(Ok(out)) => Ok(self.take(out)),
-            Ok(Err(perr)) => Err(Step::Error { class: class_name(perr.class), message: perr.message, retry_after_ms: perr.retry_after_ms }),
-            Err(e) => Err(Step::Error { class: "adapter_error", message: e.to_string(), retry_after_ms: None }),
+            Ok(Err(perr)) => Err(Step::Error {
+                class: class_name(perr.class),
+                message: perr.message,
+                retry_after_ms: perr.retry_after_ms,
+            }),
+            Err(e) => Err(Step::Error {
+                class: "adapter_error",
+                message: e.to_string(),
+                retry_after_ms: None,
+            }),
         }
     }
 
@@ -108,36 +151,110 @@ fn frame(chunks: &[String]) -> Bytes {
     Bytes::from(s)
 }
 
+/// True when a chunk has something for the client: text, a tool call, reasoning, a refusal, a
+/// finish reason or usage — anything but an empty opening delta.
+fn carries_output(chunk: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(chunk) else {
+        return true;
+    };
+    if v.get("usage").is_some_and(|u| !u.is_null()) {
+        return true;
+    }
+    let Some(choices) = v.get("choices").and_then(|c| c.as_array()) else {
+        return true;
+    };
+    choices.iter().any(|c| {
+        let d = &c["delta"];
+        let nonempty = |k: &str| {
+            d.get(k)
+                .is_some_and(|x| !x.is_null() && x.as_str() != Some(""))
+        };
+        !c["finish_reason"].is_null()
+            || nonempty("content")
+            || nonempty("tool_calls")
+            || nonempty("reasoning_content")
+            || nonempty("refusal")
+            || nonempty("function_call")
+    })
+}
+
 /// Reads until the first chunk; then commits the response and pumps the rest in a task.
-pub(super) async fn start(att: Attempt, mut session: AdapterSession, ctx: RequestContext, resp: UpstreamResponse, guard: Guard) -> Result<Response, Failure> {
+pub(super) async fn start(
+    att: Attempt,
+    mut session: AdapterSession,
+    ctx: RequestContext,
+    resp: UpstreamResponse,
+    guard: Guard,
+) -> Result<Response, Failure> {
     if let Err(e) = session.start_stream(&ctx) {
-        att.fail("adapter_error", &e.to_string(), resp.status, None).await;
+        att.fail("adapter_error", &e.to_string(), resp.status, None)
+            .await;
         return Err(adapter_failed(&att.scope.app, e));
     }
     let status = resp.status;
-    let mut pump = Pump { att, session, body: resp.body, parser: Parser::default(), usage: None, done: false, ended: false };
+    let mut pump = Pump {
+        att,
+        session,
+        body: resp.body,
+        parser: Parser::default(),
+        usage: None,
+        done: false,
+        ended: false,
+    };
     let first_byte = pump.att.scope.cfg.system.first_byte_timeout;
     let deadline = tokio::time::Instant::now() + first_byte;
+    // Chunks that carry nothing yet (the opening role delta) are held back, so an error right after
+    // them can still fail over: nothing has reached the client.
+    let mut held: Vec<String> = Vec::new();
     let first = loop {
         let step = match tokio::time::timeout_at(deadline, pump.step()).await {
             Ok(s) => s,
-            Err(_) => Step::Error { class: "timeout", message: "no stream output before the first-byte timeout".into(), retry_after_ms: None },
+            Err(_) => Step::Error {
+                class: "timeout",
+                message: "no stream output before the first-byte timeout".into(),
+                retry_after_ms: None,
+            },
         };
         match step {
-            Step::Chunks(c) if c.is_empty() => continue,
-            Step::Chunks(c) => break c,
-            Step::End => {
-                pump.att.fail("empty_stream", "the stream ended without output", status, None).await;
-                return Err(retry("empty_stream", "the provider's stream ended without output", None));
+            Step::Chunks(c) => {
+                let meaningful = c.iter().any(|chunk| carries_output(chunk));
+                held.extend(c);
+                if meaningful {
+                    break std::mem::take(&mut held);
+                }
             }
-            Step::Error { class, message, retry_after_ms } => {
+            Step::End if !held.is_empty() => break std::mem::take(&mut held),
+            Step::End => {
+                pump.att
+                    .fail(
+                        "empty_stream",
+                        "the stream ended without output",
+                        status,
+                        None,
+                    )
+                    .await;
+                return Err(retry(
+                    "empty_stream",
+                    "the provider's stream ended without output",
+                    None,
+                ));
+            }
+            Step::Error {
+                class,
+                message,
+                retry_after_ms,
+            } => {
                 let msg = super::redact(&message, &pump.att.provider);
                 pump.att.fail(class, &msg, status, None).await;
                 if class == "rate_limited" {
-                    pump.att.stats.cool_down(crate::stats::now_ms() + retry_after_ms.unwrap_or(10_000));
+                    pump.att
+                        .stats
+                        .cool_down(crate::stats::now_ms() + retry_after_ms.unwrap_or(10_000));
                 }
                 if matches!(class, "bad_request" | "content_filtered") {
-                    return Err(Failure::Fatal(ApiError::invalid(format!("The provider refused the request: {msg}"))));
+                    return Err(Failure::Fatal(ApiError::invalid(format!(
+                        "The provider refused the request: {msg}"
+                    ))));
                 }
                 return Err(retry(class, msg, retry_after_ms));
             }
@@ -146,11 +263,19 @@ pub(super) async fn start(att: Attempt, mut session: AdapterSession, ctx: Reques
     let ttft = pump.att.started.elapsed().as_millis() as u64;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let _ = tx.try_send(frame(&first));
-    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
     let mut response = Response::new(Body::from_stream(body));
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/event-stream"));
-    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
     pump.att.tag(&mut response);
     tokio::spawn(run(pump, tx, status, ttft, guard));
     Ok(response)
@@ -172,20 +297,42 @@ async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, gu
             }
             Step::Error { class, message, .. } => {
                 let msg = super::redact(&message, &pump.att.provider);
-                let err = ApiError::new(axum::http::StatusCode::BAD_GATEWAY, "upstream_error", Some(class), format!("The provider's stream failed after output began: {msg}"));
-                let _ = tx.send(Bytes::from(format!("data: {}\n\n", err.body()))).await;
+                let err = ApiError::new(
+                    axum::http::StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    Some(class),
+                    format!("The provider's stream failed after output began: {msg}"),
+                );
+                let _ = tx
+                    .send(Bytes::from(format!("data: {}\n\n", err.body())))
+                    .await;
                 break Err((class, msg));
             }
         }
     };
     match outcome {
-        Ok(()) => pump.att.succeed(pump.usage.clone(), status, Some(ttft)).await,
+        Ok(()) => {
+            pump.att
+                .succeed(pump.usage, status, Some(ttft))
+                .await
+        }
         Err(("client_closed", msg)) => {
-            let mut rec = pump.att.record(status, "client_closed", None, Some(msg), pump.usage.as_ref(), Some(ttft));
+            let mut rec = pump.att.record(
+                status,
+                "client_closed",
+                None,
+                Some(msg),
+                pump.usage.as_ref(),
+                Some(ttft),
+            );
             rec.outcome = "client_closed";
             pump.att.scope.app.usage.record(rec).await;
         }
-        Err((class, msg)) => pump.att.fail(class, &msg, status, pump.usage.as_ref()).await,
+        Err((class, msg)) => {
+            pump.att
+                .fail(class, &msg, status, pump.usage.as_ref())
+                .await
+        }
     }
     drop(guard);
     drop(tx);

@@ -20,7 +20,9 @@ pub struct Caller {
 
 impl Caller {
     pub fn may_use(&self, model: &str) -> bool {
-        self.allowed.as_ref().is_none_or(|a| a.iter().any(|m| m == model))
+        self.allowed
+            .as_ref()
+            .is_none_or(|a| a.iter().any(|m| m == model))
     }
 }
 
@@ -35,32 +37,51 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .or_else(|| parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()));
         let Some(raw) = header else {
-            return Err(ApiError::unauthorized("You didn't provide an API key. Send it as `Authorization: Bearer <key>`."));
+            return Err(ApiError::unauthorized(
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+            ));
         };
-        let key = raw.strip_prefix("Bearer ").or_else(|| raw.strip_prefix("bearer ")).unwrap_or(raw).trim();
+        let key = raw
+            .strip_prefix("Bearer ")
+            .or_else(|| raw.strip_prefix("bearer "))
+            .unwrap_or(raw)
+            .trim();
         if key.is_empty() {
-            return Err(ApiError::unauthorized("You didn't provide an API key. Send it as `Authorization: Bearer <key>`."));
+            return Err(ApiError::unauthorized(
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+            ));
         }
         let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         if let Some(master) = app.master_key() {
             let master_hash: [u8; 32] = Sha256::digest(master.expose().as_bytes()).into();
             if constant_time_eq(&hash, &master_hash) {
-                return Ok(Caller { key_id: "master".into(), allowed: None });
+                return Ok(Caller {
+                    key_id: "master".into(),
+                    allowed: None,
+                });
             }
         }
         match app.key_by_hash(hash).await {
-            Ok(Some(rec)) => Ok(Caller { key_id: rec.id, allowed: rec.allowed_models }),
+            Ok(Some(rec)) => Ok(Caller {
+                key_id: rec.id,
+                allowed: rec.allowed_models,
+            }),
             Ok(None) => Err(ApiError::unauthorized("Incorrect API key provided.")),
             Err(e) => {
                 tracing::error!("key lookup failed: {e}");
-                Err(ApiError::unavailable("The gateway cannot check keys right now."))
+                Err(ApiError::unavailable(
+                    "The gateway cannot check keys right now.",
+                ))
             }
         }
     }

@@ -17,7 +17,11 @@ use crate::router::{Facts, facts, plan};
 use crate::stats::now_ms;
 use crate::store::UsageRecord;
 
-pub async fn completions(State(app): State<Arc<App>>, caller: Caller, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn completions(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     Counters::bump(&app.counters.requests);
     let request_id = format!("req_{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..));
     match handle(&app, caller, body, &request_id).await {
@@ -32,7 +36,12 @@ pub async fn completions(State(app): State<Arc<App>>, caller: Caller, body: Resu
     }
 }
 
-async fn handle(app: &Arc<App>, caller: Caller, body: Result<Bytes, BytesRejection>, request_id: &str) -> Result<Response, ApiError> {
+async fn handle(
+    app: &Arc<App>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+    request_id: &str,
+) -> Result<Response, ApiError> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("request_too_large"), "The request body is larger than the gateway accepts (system.yaml server.max_body_bytes).")
@@ -40,14 +49,24 @@ async fn handle(app: &Arc<App>, caller: Caller, body: Result<Bytes, BytesRejecti
             ApiError::invalid(format!("Could not read the request body: {e}"))
         }
     })?;
-    let text = std::str::from_utf8(&body).map_err(|_| ApiError::invalid("The request body is not valid UTF-8."))?;
-    let json: Value = serde_json::from_str(text).map_err(|e| ApiError::invalid(format!("We could not parse the JSON body of your request: {e}")))?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::invalid("The request body is not valid UTF-8."))?;
+    let json: Value = serde_json::from_str(text).map_err(|e| {
+        ApiError::invalid(format!(
+            "We could not parse the JSON body of your request: {e}"
+        ))
+    })?;
     let Value::Object(obj) = json else {
         return Err(ApiError::invalid("The request body must be a JSON object."));
     };
     let facts = facts(&obj)?;
     if !caller.may_use(&facts.model) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "invalid_request_error", Some("model_not_allowed"), format!("This key may not use the model `{}`.", facts.model)));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            Some("model_not_allowed"),
+            format!("This key may not use the model `{}`.", facts.model),
+        ));
     }
     let cfg = app.config.load_full();
     let comps = app.components.load_full();
@@ -77,14 +96,23 @@ async fn handle(app: &Arc<App>, caller: Caller, body: Result<Bytes, BytesRejecti
     });
 
     let mut failures: Vec<(String, &'static str, String, Option<u64>)> = Vec::new();
-    for (n, &idx) in plan.channels.iter().take(cfg.system.max_attempts).enumerate() {
+    for (n, &idx) in plan
+        .channels
+        .iter()
+        .take(cfg.system.max_attempts)
+        .enumerate()
+    {
         if n > 0 {
             Counters::bump(&app.counters.failovers);
         }
         match attempt(&scope, idx, n as u32 + 1).await {
             Ok(resp) => return Ok(resp),
             Err(Failure::Fatal(e)) => return Err(e),
-            Err(Failure::Retry { class, message, retry_after_ms }) => {
+            Err(Failure::Retry {
+                class,
+                message,
+                retry_after_ms,
+            }) => {
                 let id = cfg.channels[idx].id.clone();
                 tracing::info!(request_id, channel = %id, class, "attempt failed: {message}");
                 failures.push((id, class, message, retry_after_ms));
@@ -96,23 +124,60 @@ async fn handle(app: &Arc<App>, caller: Caller, body: Result<Bytes, BytesRejecti
 
 /// The client's error when every channel tried failed.
 fn all_failed(failures: &[(String, &'static str, String, Option<u64>)]) -> ApiError {
-    let summary = failures.iter().map(|(id, class, msg, _)| format!("{id}: {class} ({msg})")).collect::<Vec<_>>().join("; ");
-    let retry_after = failures.iter().filter_map(|f| f.3).min().map(|ms| ms.div_ceil(1000).max(1));
+    let summary = failures
+        .iter()
+        .map(|(id, class, msg, _)| format!("{id}: {class} ({msg})"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let retry_after = failures
+        .iter()
+        .filter_map(|f| f.3)
+        .min()
+        .map(|ms| ms.div_ceil(1000).max(1));
     let all = |c: &str| !failures.is_empty() && failures.iter().all(|f| f.1 == c);
     let message = format!("All {} channel(s) tried failed. {summary}", failures.len());
     if all("rate_limited") {
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Some("rate_limit_exceeded"), message).with_retry_after(retry_after.or(Some(10)))
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            Some("rate_limit_exceeded"),
+            message,
+        )
+        .with_retry_after(retry_after.or(Some(10)))
     } else if all("timeout") {
-        ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream_error", Some("upstream_timeout"), message)
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_error",
+            Some("upstream_timeout"),
+            message,
+        )
     } else if all("daily_quota") {
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Some("daily_quota_exhausted"), message)
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            Some("daily_quota_exhausted"),
+            message,
+        )
     } else {
-        ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", Some("all_channels_failed"), message).with_retry_after(retry_after)
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            Some("all_channels_failed"),
+            message,
+        )
+        .with_retry_after(retry_after)
     }
 }
 
 /// A request that reached no channel still leaves a row.
-async fn record_unrouted(app: &App, key_id: &str, request_id: &str, facts: &Facts, started: u64, e: &ApiError) {
+async fn record_unrouted(
+    app: &App,
+    key_id: &str,
+    request_id: &str,
+    facts: &Facts,
+    started: u64,
+    e: &ApiError,
+) {
     app.usage
         .record(UsageRecord {
             request_id: request_id.to_string(),

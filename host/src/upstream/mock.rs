@@ -12,16 +12,40 @@ use crate::components::adapter_api::exports::smart_router::gateway::translation:
 
 pub fn respond(req: &HttpRequest) -> UpstreamResponse {
     if !req.path.ends_with("/chat/completions") {
-        return error(404, "not_found_error", &format!("the mock serves /chat/completions, not {}", req.path));
+        return error(
+            404,
+            "not_found_error",
+            &format!("the mock serves /chat/completions, not {}", req.path),
+        );
     }
     let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
-        return error(400, "invalid_request_error", "the mock received a body that is not JSON");
+        return error(
+            400,
+            "invalid_request_error",
+            "the mock received a body that is not JSON",
+        );
     };
-    let model = body.get("model").and_then(Value::as_str).unwrap_or("mock").to_string();
-    if let Some(code) = model.strip_prefix("mock-error-").and_then(|c| c.parse::<u16>().ok()) {
-        return error(code, "mock_error", &format!("the mock fails with {code} for model {model}"));
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock")
+        .to_string();
+    if let Some(code) = model
+        .strip_prefix("mock-error-")
+        .and_then(|c| c.parse::<u16>().ok())
+    {
+        return error(
+            code,
+            "mock_error",
+            &format!("the mock fails with {code} for model {model}"),
+        );
     }
-    let prompt_tokens = (body.get("messages").map(|m| m.to_string().len()).unwrap_or(0) / 4).max(1) as u64;
+    let prompt_tokens = (body
+        .get("messages")
+        .map(|m| m.to_string().len())
+        .unwrap_or(0)
+        / 4)
+    .max(1) as u64;
     let tool = body
         .get("tools")
         .and_then(Value::as_array)
@@ -33,7 +57,11 @@ pub fn respond(req: &HttpRequest) -> UpstreamResponse {
     let said = last_user_text(&body);
     let text = format!("Hello from the built-in mock ({model}). You said: {said}");
     let words: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
-    let completion_tokens = if tool.is_some() { 8 } else { words.len() as u64 };
+    let completion_tokens = if tool.is_some() {
+        8
+    } else {
+        words.len() as u64
+    };
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens});
     let id = format!("chatcmpl-mock{:016x}", fastrand::u64(..));
     let created = crate::stats::now_ms() / 1000;
@@ -55,22 +83,39 @@ pub fn respond(req: &HttpRequest) -> UpstreamResponse {
         json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
     };
-    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
     match &tool {
         Some(name) => {
-            events.push(chunk(json!({"tool_calls": [{"index": 0, "id": "call_mock_0", "type": "function",
-                "function": {"name": name, "arguments": ""}}]}), Value::Null));
+            events.push(chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_mock_0", "type": "function",
+                "function": {"name": name, "arguments": ""}}]}),
+                Value::Null,
+            ));
             for piece in ["{", "}"] {
-                events.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}), Value::Null));
+                events.push(chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                    Value::Null,
+                ));
             }
             events.push(chunk(json!({}), json!("tool_calls")));
         }
         None => {
-            events.extend(words.iter().map(|w| chunk(json!({"content": w}), Value::Null)));
+            events.extend(
+                words
+                    .iter()
+                    .map(|w| chunk(json!({"content": w}), Value::Null)),
+            );
             events.push(chunk(json!({}), json!("stop")));
         }
     }
-    if body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true) {
+    if body
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
         events.push(json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}));
     }
     let mut sse = String::new();
@@ -87,7 +132,11 @@ fn last_user_text(body: &Value) -> String {
     let Some(messages) = body.get("messages").and_then(Value::as_array) else {
         return String::new();
     };
-    let Some(msg) = messages.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user")) else {
+    let Some(msg) = messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+    else {
         return String::new();
     };
     let text = match msg.get("content") {
@@ -106,15 +155,20 @@ fn ok(content_type: &str, body: String) -> UpstreamResponse {
     UpstreamResponse {
         status: 200,
         headers: vec![("content-type".into(), content_type.into())],
-        body: Box::pin(futures_util::stream::iter([Ok::<_, UpstreamError>(Bytes::from(body))])),
+        body: Box::pin(futures_util::stream::iter([Ok::<_, UpstreamError>(
+            Bytes::from(body),
+        )])),
     }
 }
 
 fn error(status: u16, kind: &str, message: &str) -> UpstreamResponse {
-    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": null}}).to_string();
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
+        .to_string();
     UpstreamResponse {
         status,
         headers: vec![("content-type".into(), "application/json".into())],
-        body: Box::pin(futures_util::stream::iter([Ok::<_, UpstreamError>(Bytes::from(body))])),
+        body: Box::pin(futures_util::stream::iter([Ok::<_, UpstreamError>(
+            Bytes::from(body),
+        )])),
     }
 }

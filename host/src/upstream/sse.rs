@@ -27,7 +27,11 @@ impl Parser {
         let mut start = 0;
         while let Some(pos) = self.buf[start..].iter().position(|b| *b == b'\n') {
             let end = start + pos;
-            let line_end = if end > start && self.buf[end - 1] == b'\r' { end - 1 } else { end };
+            let line_end = if end > start && self.buf[end - 1] == b'\r' {
+                end - 1
+            } else {
+                end
+            };
             let line = String::from_utf8_lossy(&self.buf[start..line_end]).into_owned();
             start = end + 1;
             self.line(&line, &mut events);
@@ -81,7 +85,10 @@ impl Parser {
             return None;
         }
         self.has_data = false;
-        Some(Event { event: std::mem::take(&mut self.event), data: std::mem::take(&mut self.data) })
+        Some(Event {
+            event: std::mem::take(&mut self.event),
+            data: std::mem::take(&mut self.data),
+        })
     }
 }
 
@@ -99,9 +106,18 @@ mod tests {
             assert_eq!(
                 got,
                 vec![
-                    Event { event: "message_start".into(), data: "{\"a\":1}".into() },
-                    Event { event: String::new(), data: "x\ny".into() },
-                    Event { event: String::new(), data: "[DONE]".into() },
+                    Event {
+                        event: "message_start".into(),
+                        data: "{\"a\":1}".into()
+                    },
+                    Event {
+                        event: String::new(),
+                        data: "x\ny".into()
+                    },
+                    Event {
+                        event: String::new(),
+                        data: "[DONE]".into()
+                    },
                 ],
                 "split at {split}"
             );
@@ -112,6 +128,12 @@ mod tests {
     fn unterminated_last_event_is_kept() {
         let mut p = Parser::default();
         assert!(p.feed(b"data: tail").expect("ok").is_empty());
-        assert_eq!(p.finish(), Some(Event { event: String::new(), data: "tail".into() }));
+        assert_eq!(
+            p.finish(),
+            Some(Event {
+                event: String::new(),
+                data: "tail".into()
+            })
+        );
     }
 }

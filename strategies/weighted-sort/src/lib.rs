@@ -60,10 +60,26 @@ fn parse_field(name: &str) -> Result<Field, String> {
 fn criteria(params: &Value) -> Result<Vec<Criterion>, String> {
     let Some(list) = params.get("routing_strategy") else {
         return Ok(vec![
-            Criterion { field: Field::Cost, ascending: true, weight: 1.0 },
-            Criterion { field: Field::Speed, ascending: false, weight: 0.5 },
-            Criterion { field: Field::SuccessRate, ascending: false, weight: 0.5 },
-            Criterion { field: Field::Priority, ascending: true, weight: 0.3 },
+            Criterion {
+                field: Field::Cost,
+                ascending: true,
+                weight: 1.0,
+            },
+            Criterion {
+                field: Field::Speed,
+                ascending: false,
+                weight: 0.5,
+            },
+            Criterion {
+                field: Field::SuccessRate,
+                ascending: false,
+                weight: 0.5,
+            },
+            Criterion {
+                field: Field::Priority,
+                ascending: true,
+                weight: 0.3,
+            },
         ]);
     };
     let list = list.as_array().ok_or("routing_strategy must be a list")?;
@@ -77,11 +93,18 @@ fn criteria(params: &Value) -> Result<Vec<Criterion>, String> {
             let ascending = match entry.get("order").and_then(Value::as_str) {
                 Some("asc") => true,
                 Some("desc") => false,
-                None => matches!(field, Field::Cost | Field::Latency | Field::Ttft | Field::Priority | Field::Load),
+                None => matches!(
+                    field,
+                    Field::Cost | Field::Latency | Field::Ttft | Field::Priority | Field::Load
+                ),
                 Some(other) => return Err(format!("order must be asc or desc, not `{other}`")),
             };
             let weight = entry.get("weight").and_then(Value::as_f64).unwrap_or(1.0);
-            Ok(Criterion { field, ascending, weight })
+            Ok(Criterion {
+                field,
+                ascending,
+                weight,
+            })
         })
         .collect()
 }
@@ -105,9 +128,14 @@ fn value(field: Field, c: &Candidate) -> Option<f64> {
 
 /// Scores in 0..1 for one criterion, 1 = best.
 fn scores(criterion: &Criterion, candidates: &[Candidate]) -> Vec<f64> {
-    let values: Vec<Option<f64>> = candidates.iter().map(|c| value(criterion.field, c)).collect();
+    let values: Vec<Option<f64>> = candidates
+        .iter()
+        .map(|c| value(criterion.field, c))
+        .collect();
     let known = values.iter().flatten();
-    let (min, max) = known.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let (min, max) = known.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(*v), hi.max(*v))
+    });
     values
         .iter()
         .map(|v| match v {
@@ -121,7 +149,11 @@ fn scores(criterion: &Criterion, candidates: &[Candidate]) -> Vec<f64> {
 }
 
 impl Strategy for WeightedSort {
-    fn rank(request: &RequestInfo, candidates: &[Candidate], params: &Value) -> Result<Ranking, String> {
+    fn rank(
+        request: &RequestInfo,
+        candidates: &[Candidate],
+        params: &Value,
+    ) -> Result<Ranking, String> {
         let criteria = criteria(params)?;
         let lexicographic = params.get("mode").and_then(Value::as_str) == Some("lexicographic");
         let per_criterion: Vec<Vec<f64>> = criteria.iter().map(|c| scores(c, candidates)).collect();
@@ -134,25 +166,36 @@ impl Strategy for WeightedSort {
                 let keys = if lexicographic {
                     per_criterion.iter().map(|s| s[i]).collect()
                 } else {
-                    vec![criteria.iter().zip(&per_criterion).map(|(c, s)| c.weight * s[i]).sum()]
+                    vec![
+                        criteria
+                            .iter()
+                            .zip(&per_criterion)
+                            .map(|(c, s)| c.weight * s[i])
+                            .sum(),
+                    ]
                 };
                 (i as u32, keys, candidates[i].priority, tiebreak)
             })
             .collect();
         rows.sort_by(|a, b| {
-            let by_keys = a
-                .1
-                .iter()
-                .zip(&b.1)
-                .map(|(x, y)| y.total_cmp(x))
-                .find(|o| o.is_ne())
-                .unwrap_or(std::cmp::Ordering::Equal);
+            let by_keys =
+                a.1.iter()
+                    .zip(&b.1)
+                    .map(|(x, y)| y.total_cmp(x))
+                    .find(|o| o.is_ne())
+                    .unwrap_or(std::cmp::Ordering::Equal);
             by_keys.then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3))
         });
         let order: Vec<u32> = rows.iter().map(|r| r.0).collect();
         let explanation = rows
             .iter()
-            .map(|r| format!("{}={:.3}", candidates[r.0 as usize].id, r.1.first().copied().unwrap_or(0.0)))
+            .map(|r| {
+                format!(
+                    "{}={:.3}",
+                    candidates[r.0 as usize].id,
+                    r.1.first().copied().unwrap_or(0.0)
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
         Ok(Ranking::new(order).explained(explanation))

@@ -1,0 +1,316 @@
+//! OpenAI `chat.completions` request → Anthropic `POST /v1/messages`.
+
+use smart_router_sdk::json::{self, Map, Value, json};
+use smart_router_sdk::{Auth, ErrorClass, HttpRequest, ProviderError, RequestContext};
+
+const DEFAULT_VERSION: &str = "2023-06-01";
+const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+fn bad(message: impl Into<String>) -> ProviderError {
+    ProviderError::new(ErrorClass::BadRequest, message)
+}
+
+pub fn translate(ctx: &RequestContext, body: &str) -> Result<HttpRequest, ProviderError> {
+    let Ok(Value::Object(req)) = json::from_str::<Value>(body) else {
+        return Err(bad("the request body is not a JSON object"));
+    };
+    let out = messages_body(ctx, &req)?;
+    let options: Value = json::from_str(&ctx.options).unwrap_or(Value::Null);
+    let version = options
+        .get("anthropic_version")
+        .and_then(Value::as_str)
+        .unwrap_or(DEFAULT_VERSION);
+    let mut headers = vec![
+        ("content-type".to_string(), "application/json".to_string()),
+        ("anthropic-version".to_string(), version.to_string()),
+    ];
+    if ctx.is_stream {
+        headers.push(("accept".into(), "text/event-stream".into()));
+    }
+    if let Some(extra) = options.get("headers").and_then(Value::as_object) {
+        for (k, v) in extra {
+            if let Some(v) = v.as_str() {
+                headers.push((k.clone(), v.to_string()));
+            }
+        }
+    }
+    Ok(HttpRequest {
+        method: "POST".into(),
+        path: "/v1/messages".into(),
+        headers,
+        body: Value::Object(out).to_string().into_bytes(),
+        auth: Auth::Header("x-api-key".into()),
+    })
+}
+
+/// The Messages API body.
+fn messages_body(
+    ctx: &RequestContext,
+    req: &Map<String, Value>,
+) -> Result<Map<String, Value>, ProviderError> {
+    let messages = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("`messages` must be an array"))?;
+    let (system, turns) = convert_messages(messages)?;
+    let mut out = Map::new();
+    out.insert("model".into(), ctx.model.clone().into());
+    if !system.is_empty() {
+        out.insert("system".into(), system.into());
+    }
+    out.insert("messages".into(), turns.into());
+    let max_tokens = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| req.get(*k).and_then(Value::as_u64))
+        .unwrap_or(DEFAULT_MAX_TOKENS);
+    out.insert("max_tokens".into(), max_tokens.into());
+    for key in ["temperature", "top_p"] {
+        if let Some(v) = req.get(key).filter(|v| v.is_number()) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    let stop = stop_sequences(req.get("stop"));
+    if !stop.is_empty() {
+        out.insert("stop_sequences".into(), stop.into());
+    }
+    out.insert("stream".into(), ctx.is_stream.into());
+    if let Some(user) = req.get("user").and_then(Value::as_str) {
+        out.insert("metadata".into(), json!({ "user_id": user }));
+    }
+    let tools = match req.get("tools") {
+        Some(Value::Array(list)) => convert_tools(list)?,
+        None | Some(Value::Null) => Vec::new(),
+        Some(_) => return Err(bad("`tools` must be an array")),
+    };
+    // Anthropic refuses a `tool_choice` without `tools`.
+    if !tools.is_empty() {
+        out.insert("tools".into(), tools.into());
+        let choice = tool_choice(req.get("tool_choice"), req.get("parallel_tool_calls"))?;
+        if let Some(choice) = choice {
+            out.insert("tool_choice".into(), choice);
+        }
+    }
+    Ok(out)
+}
+
+/// Splits off the system prompt and turns the rest into alternating user/assistant turns.
+fn convert_messages(messages: &[Value]) -> Result<(String, Vec<Value>), ProviderError> {
+    let mut system = Vec::new();
+    let mut turns: Vec<(&str, Vec<Value>)> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        let (role, blocks) = match role {
+            "system" | "developer" => {
+                let text = text_of(m.get("content"));
+                if !text.is_empty() {
+                    system.push(text);
+                }
+                continue;
+            }
+            "user" => ("user", content_blocks(m.get("content"), i)?),
+            "assistant" => ("assistant", assistant_blocks(m, i)?),
+            "tool" => ("user", vec![tool_result(m, i)?]),
+            other => return Err(bad(format!("messages[{i}]: unsupported role `{other}`"))),
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((last, existing)) if *last == role => existing.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    let turns = turns
+        .into_iter()
+        .map(|(role, content)| json!({ "role": role, "content": content }))
+        .collect();
+    Ok((system.join("\n\n"), turns))
+}
+
+/// The text of a content string or of the text parts of a content list.
+fn text_of(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn text_block(text: &str) -> Value {
+    json!({ "type": "text", "text": text })
+}
+
+/// User or assistant content → text and image blocks. Empty text is dropped: Anthropic refuses it.
+fn content_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Value>, ProviderError> {
+    match content {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) if s.is_empty() => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![text_block(s)]),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|part| part_block(part, i).transpose())
+            .collect(),
+        Some(_) => Err(bad(format!(
+            "messages[{i}]: `content` must be a string or a list"
+        ))),
+    }
+}
+
+/// One content part → a block; `None` for empty text.
+fn part_block(part: &Value, i: usize) -> Result<Option<Value>, ProviderError> {
+    match part.get("type").and_then(Value::as_str) {
+        Some(kind @ ("text" | "refusal")) => match part.get(kind).and_then(Value::as_str) {
+            Some("") => Ok(None),
+            Some(text) => Ok(Some(text_block(text))),
+            None => Err(bad(format!("messages[{i}]: a {kind} part has no `{kind}`"))),
+        },
+        Some("image_url") => image_block(part, i).map(Some),
+        other => {
+            let other = other.unwrap_or("(none)");
+            Err(bad(format!(
+                "messages[{i}]: content parts of type `{other}` are not supported"
+            )))
+        }
+    }
+}
+
+/// `image_url` part → an image block with a base64 or URL source.
+fn image_block(part: &Value, i: usize) -> Result<Value, ProviderError> {
+    let image = part.get("image_url");
+    let url = image
+        .and_then(|u| u.get("url").or(Some(u)))
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad(format!("messages[{i}]: an image_url part has no url")))?;
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (meta, data) = rest
+            .split_once(',')
+            .ok_or_else(|| bad(format!("messages[{i}]: malformed data URL")))?;
+        let media_type = meta
+            .strip_suffix(";base64")
+            .ok_or_else(|| bad(format!("messages[{i}]: image data URLs must be base64")))?;
+        let source = json!({ "type": "base64", "media_type": media_type, "data": data });
+        Ok(json!({ "type": "image", "source": source }))
+    } else if url.starts_with("https://") || url.starts_with("http://") {
+        Ok(json!({ "type": "image", "source": { "type": "url", "url": url } }))
+    } else {
+        Err(bad(format!("messages[{i}]: unsupported image URL scheme")))
+    }
+}
+
+/// Assistant text plus `tool_calls` → text and `tool_use` blocks.
+fn assistant_blocks(m: &Value, i: usize) -> Result<Vec<Value>, ProviderError> {
+    let mut blocks = content_blocks(m.get("content"), i)?;
+    let calls = m.get("tool_calls").and_then(Value::as_array);
+    for call in calls.into_iter().flatten() {
+        let id = call.get("id").and_then(Value::as_str);
+        let function = call.get("function");
+        let name = function.and_then(|f| f.get("name")).and_then(Value::as_str);
+        let (Some(id), Some(name)) = (id, name) else {
+            return Err(bad(format!(
+                "messages[{i}]: a tool call needs an id and a function name"
+            )));
+        };
+        let arguments = function
+            .and_then(|f| f.get("arguments"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let input = match json::from_str::<Value>(arguments) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => json!({}),
+        };
+        blocks.push(json!({ "type": "tool_use", "id": id, "name": name, "input": input }));
+    }
+    Ok(blocks)
+}
+
+/// `role: tool` message → a `tool_result` block.
+fn tool_result(m: &Value, i: usize) -> Result<Value, ProviderError> {
+    let id = m
+        .get("tool_call_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            bad(format!(
+                "messages[{i}]: a tool message needs `tool_call_id`"
+            ))
+        })?;
+    let content = text_of(m.get("content"));
+    Ok(json!({ "type": "tool_result", "tool_use_id": id, "content": content }))
+}
+
+/// `stop`: a string or a list of strings.
+fn stop_sequences(stop: Option<&Value>) -> Vec<Value> {
+    match stop {
+        Some(Value::String(s)) => vec![s.clone().into()],
+        Some(Value::Array(list)) => list.iter().filter(|v| v.is_string()).cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// OpenAI function tools → Anthropic tools.
+fn convert_tools(list: &[Value]) -> Result<Vec<Value>, ProviderError> {
+    let mut tools = Vec::with_capacity(list.len());
+    for (i, tool) in list.iter().enumerate() {
+        let kind = tool
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("function");
+        let function = tool.get("function").filter(|_| kind == "function");
+        let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str) else {
+            return Err(bad(format!(
+                "tools[{i}]: only named function tools are supported"
+            )));
+        };
+        let mut out = Map::new();
+        out.insert("name".into(), name.into());
+        if let Some(d) = function
+            .and_then(|f| f.get("description"))
+            .and_then(Value::as_str)
+        {
+            out.insert("description".into(), d.into());
+        }
+        let schema = function
+            .and_then(|f| f.get("parameters"))
+            .filter(|p| p.is_object())
+            .cloned()
+            .unwrap_or_else(|| json!({ "type": "object", "properties": {} }));
+        out.insert("input_schema".into(), schema);
+        tools.push(Value::Object(out));
+    }
+    Ok(tools)
+}
+
+/// `tool_choice` and `parallel_tool_calls` → Anthropic's `tool_choice`.
+fn tool_choice(
+    choice: Option<&Value>,
+    parallel: Option<&Value>,
+) -> Result<Option<Value>, ProviderError> {
+    let mut out = match choice {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Some(json!({ "type": "auto" })),
+            "required" => Some(json!({ "type": "any" })),
+            "none" => Some(json!({ "type": "none" })),
+            other => return Err(bad(format!("unsupported tool_choice `{other}`"))),
+        },
+        Some(v) => match v
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+        {
+            Some(name) => Some(json!({ "type": "tool", "name": name })),
+            None => return Err(bad("unsupported tool_choice")),
+        },
+    };
+    if parallel.and_then(Value::as_bool) == Some(false) {
+        let choice = out.get_or_insert_with(|| json!({ "type": "auto" }));
+        // `{"type": "none"}` takes no other field.
+        if choice.get("type").and_then(Value::as_str) != Some("none") {
+            choice["disable_parallel_tool_use"] = true.into();
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,225 @@
+//! The OpenAI surface: responses, streams, models, errors.
+
+use serde_json::{Value, json};
+use smart_router_tests::gateway::{KEY, one_provider};
+use smart_router_tests::{Gateway, MockUpstream};
+
+async fn gateway_with(models: &[&str]) -> (Gateway, MockUpstream) {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .providers(&one_provider(&mock.base_url(), models))
+        .groups("model_groups:\n  auto:test:\n    strategy: priority\n")
+        .start()
+        .await;
+    (gw, mock)
+}
+
+/// Splits an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn non_streaming_answer_is_openai_shaped() {
+    let (gw, mock) = gateway_with(&["m1"]).await;
+    let resp = gw
+        .chat(json!({"model": "auto:test", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-smart-router-channel"], "up/m1");
+    assert!(
+        resp.headers()["x-request-id"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("req_")
+    );
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["message"]["content"], "reply from m1");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["total_tokens"], 18);
+    // The upstream got the channel's model and the provider key, injected by the host.
+    let call = &mock.calls("m1")[0];
+    assert_eq!(
+        call.headers["authorization"],
+        "Bearer sk-upstream-secret-0123456789"
+    );
+    assert_eq!(call.body["messages"][0]["content"], "hi");
+}
+
+#[tokio::test]
+async fn stream_with_include_usage_ends_with_usage_chunk_and_done() {
+    let (gw, _mock) = gateway_with(&["m1"]).await;
+    let resp = gw
+        .chat(
+            json!({"model": "auto:test", "stream": true, "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let data = sse_data(&resp.text().await.expect("body"));
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("chunk json"))
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text.trim(), "reply from m1");
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "stop")
+    );
+    let last = chunks.last().expect("chunks");
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["completion_tokens"], 7);
+}
+
+#[tokio::test]
+async fn stream_without_include_usage_has_no_usage_chunk_but_usage_is_still_recorded() {
+    let (gw, mock) = gateway_with(&["m1"]).await;
+    let resp = gw
+        .chat(
+            json!({"model": "m1", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    let data = sse_data(&resp.text().await.expect("body"));
+    assert!(
+        data.iter().all(|d| !d.contains("\"usage\"")),
+        "no usage chunk: {data:?}"
+    );
+    // The adapter asked the upstream for usage anyway…
+    assert_eq!(
+        mock.calls("m1")[0].body["stream_options"]["include_usage"],
+        true
+    );
+    // …so accounting has the real numbers.
+    let rows = gw
+        .rows("SELECT prompt_tokens, completion_tokens, ttft_ms FROM usage")
+        .await;
+    use sqlx::Row;
+    assert_eq!(rows[0].get::<i64, _>("prompt_tokens"), 11);
+    assert_eq!(rows[0].get::<i64, _>("completion_tokens"), 7);
+    assert!(rows[0].get::<Option<i64>, _>("ttft_ms").is_some());
+}
+
+#[tokio::test]
+async fn builtin_mock_streams_tool_call_deltas() {
+    let gw = Gateway::builder()
+        .providers("providers:\n  mock:\n    adapter: openai\n    base_url: mock://\n    channels: [{model: mock-small}]\n")
+        .start()
+        .await;
+    let resp = gw
+        .chat(json!({"model": "mock-small", "stream": true, "messages": [{"role": "user", "content": "weather?"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let data = sse_data(&resp.text().await.expect("body"));
+    let chunks: Vec<Value> = data
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("json"))
+        .collect();
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
+        .collect();
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert_eq!(calls[0]["index"], 0);
+    let args: String = calls
+        .iter()
+        .filter_map(|c| c["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(args, "{}");
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "tool_calls")
+    );
+}
+
+#[tokio::test]
+async fn models_lists_groups_and_served_models() {
+    let (gw, _mock) = gateway_with(&["m1", "m2"]).await;
+    let resp = gw
+        .client
+        .get(gw.url("/v1/models"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["object"], "list");
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec!["auto:test", "m1", "m2"]);
+}
+
+#[tokio::test]
+async fn errors_use_the_openai_shape_and_status() {
+    let (gw, _mock) = gateway_with(&["m1"]).await;
+    let url = gw.url("/v1/chat/completions");
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (gw.client.post(&url).body("{}"), 401, "invalid_api_key"),
+        (gw.client.post(&url).bearer_auth("sk-wrong").body("{}"), 401, "invalid_api_key"),
+        (gw.client.post(&url).bearer_auth(KEY).body("{not json"), 400, ""),
+        (gw.client.post(&url).bearer_auth(KEY).json(&json!({"model": "m1"})), 400, ""),
+        (gw.client.post(&url).bearer_auth(KEY).json(&json!({"model": 5, "messages": []})), 400, ""),
+        (gw.client.post(&url).bearer_auth(KEY).json(&json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]})), 404, "model_not_found"),
+        (gw.client.post(&url).bearer_auth(KEY).json(&json!({"model": "m1", "stream": "yes", "messages": [{"role": "user", "content": "x"}]})), 400, ""),
+        (gw.client.get(gw.url("/v1/nothing-here")).bearer_auth(KEY), 404, "unknown_url"),
+    ];
+    for (req, status, code) in cases {
+        let resp = req.send().await.expect("send");
+        assert_eq!(resp.status().as_u16(), status);
+        let body: Value = resp.json().await.expect("error body is JSON");
+        let err = &body["error"];
+        assert!(
+            err["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+        assert!(err["type"].is_string(), "{body}");
+        if !code.is_empty() {
+            assert_eq!(err["code"], code, "{body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn tool_requests_never_reach_text_only_channels() {
+    let mock = MockUpstream::start().await;
+    let providers = format!(
+        "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    channels:\n      - {{ model: text-only, priority: 1, capabilities: [code] }}\n      - {{ model: tool-user, priority: 2, capabilities: [function_calling] }}\n",
+        mock.base_url()
+    );
+    let gw = Gateway::builder()
+        .providers(&providers)
+        .groups("model_groups:\n  g: {strategy: priority}\n")
+        .start()
+        .await;
+    let resp = gw
+        .chat(
+            json!({"model": "g", "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-smart-router-channel"], "up/tool-user");
+    assert!(mock.calls("text-only").is_empty());
+    let plain = gw
+        .chat(json!({"model": "g", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(plain.headers()["x-smart-router-channel"], "up/text-only");
+}

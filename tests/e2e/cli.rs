@@ -1,0 +1,172 @@
+//! The `smart-router` binary as a user runs it: check, keys, serve and graceful stop.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use smart_router_tests::gateway::temp_dir;
+use smart_router_tests::root;
+
+fn bin() -> PathBuf {
+    let b = root().join("target/release/smart-router");
+    assert!(
+        b.exists(),
+        "{} is not built: run `cargo xtask build`",
+        b.display()
+    );
+    b
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let out = Command::new(bin())
+        .current_dir(root())
+        .args(["check", "--config", "config"])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("ok: strategy `weighted-sort`") && text.contains("ok: adapter `openai`"),
+        "{text}"
+    );
+    assert!(
+        text.lines().last().is_some_and(|l| l.starts_with("ok: ")),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_points_at_the_file_and_field() {
+    let dir = temp_dir("check");
+    std::fs::write(dir.join("providers.yaml"), "providers:\n  p:\n    adapter: openai\n    base_url: http://x\n    channels:\n      - model: m\n        daily_limt: 5\n").expect("write");
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&dir)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("providers.yaml: providers.p.channels[0]") && text.contains("daily_limt"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn serve_answers_with_a_created_key_and_stops_gracefully_on_sigterm() {
+    let dir = temp_dir("serve");
+    let db = format!("sqlite://{}", dir.join("db.sqlite").display());
+    let out = Command::new(bin())
+        .args(["keys", "create", "--name", "ci", "--database", &db])
+        .output()
+        .expect("keys");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(key.starts_with("sk-sr-"));
+
+    let mut child = Command::new(bin())
+        .current_dir(root())
+        .args([
+            "serve",
+            "--config",
+            "config",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            &db,
+        ])
+        .env_remove("SMART_ROUTER_MASTER_KEY")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut addr = None;
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        seen.push(line.clone());
+        if line.contains("smart-router listening") {
+            addr = line.split("addr=").nth(1).map(|a| {
+                a.trim()
+                    .trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':')
+                    .to_string()
+            });
+            break;
+        }
+    }
+    let addr = addr.unwrap_or_else(|| panic!("no listening line in {seen:?}"));
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/chat/completions");
+    let resp = client
+        .post(&url)
+        .bearer_auth(&key)
+        .json(&json!({"model": "auto:free", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("json");
+    assert!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content")
+            .contains("built-in mock")
+    );
+    let wrong = client
+        .post(&url)
+        .bearer_auth("sk-sr-0000")
+        .json(&json!({"model": "auto:free", "messages": []}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(wrong.status(), 401);
+
+    // SIGTERM: drains and exits 0.
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+
+    // The key is stored only as a hash, and the usage row names the key's id.
+    let bytes = std::fs::read(dir.join("db.sqlite")).expect("db");
+    let wal = std::fs::read(dir.join("db.sqlite-wal")).unwrap_or_default();
+    let hay = [bytes, wal].concat();
+    assert!(
+        !hay.windows(key.len()).any(|w| w == key.as_bytes()),
+        "the raw key must not be stored"
+    );
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db).await.expect("open");
+    use sqlx::Row;
+    let key_ids: Vec<String> = sqlx::query("SELECT key_id FROM usage WHERE attempt > 0")
+        .fetch_all(&pool)
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get("key_id"))
+        .collect();
+    assert_eq!(key_ids.len(), 1);
+    assert!(key_ids[0].starts_with("key_"));
+    let _ = std::fs::remove_dir_all(dir);
+}

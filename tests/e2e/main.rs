@@ -1,0 +1,10 @@
+//! End-to-end tests: the real gateway over HTTP, real WebAssembly components, mock upstreams on
+//! port 0, real SQLite. Built components come from `cargo xtask build`.
+
+mod chat;
+mod cli;
+mod components;
+mod failover;
+mod reload;
+mod sdk;
+mod usage;

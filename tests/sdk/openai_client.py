@@ -1,0 +1,77 @@
+"""Drives the gateway with the official `openai` Python SDK, exactly as a user would.
+
+Usage: python openai_client.py BASE_URL API_KEY
+Exits non-zero (with the failing assertion) when the gateway's answers do not fit the SDK.
+"""
+import json
+import sys
+
+import openai
+
+base, key = sys.argv[1], sys.argv[2]
+client = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
+
+# Non-streaming.
+r = client.chat.completions.create(model="auto:free", messages=[{"role": "user", "content": "hello sdk"}])
+assert r.object == "chat.completion", r
+assert "hello sdk" in r.choices[0].message.content, r
+assert r.choices[0].finish_reason == "stop", r
+assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens, r.usage
+
+# Streaming with the final usage chunk.
+chunks = list(client.chat.completions.create(
+    model="auto:free", messages=[{"role": "user", "content": "stream please"}],
+    stream=True, stream_options={"include_usage": True}))
+text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+assert "stream please" in text, text
+assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0, chunks[-1]
+assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
+
+# Streaming without usage: no usage chunk.
+chunks = list(client.chat.completions.create(
+    model="auto:free", messages=[{"role": "user", "content": "x"}], stream=True))
+assert all(c.usage is None for c in chunks), [c.usage for c in chunks]
+
+# Tool calls, streamed: the deltas reassemble into one call.
+tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]
+calls = {}
+finish = None
+for c in client.chat.completions.create(model="auto:tools", messages=[{"role": "user", "content": "weather?"}], tools=tools, stream=True):
+    if not c.choices:
+        continue
+    for tc in c.choices[0].delta.tool_calls or []:
+        entry = calls.setdefault(tc.index, {"name": "", "arguments": ""})
+        if tc.function.name:
+            entry["name"] = tc.function.name
+        entry["arguments"] += tc.function.arguments or ""
+    finish = c.choices[0].finish_reason or finish
+assert calls == {0: {"name": "get_weather", "arguments": "{}"}}, calls
+assert finish == "tool_calls", finish
+json.loads(calls[0]["arguments"])
+
+# Non-streaming tool call.
+r = client.chat.completions.create(model="auto:tools", messages=[{"role": "user", "content": "weather?"}], tools=tools)
+assert r.choices[0].message.tool_calls[0].function.name == "get_weather", r
+
+# Models.
+ids = [m.id for m in client.models.list()]
+assert "auto:free" in ids and "mock-small" in ids, ids
+
+# Errors arrive as the SDK's typed exceptions.
+try:
+    client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    raise AssertionError("expected NotFoundError")
+except openai.NotFoundError as e:
+    assert e.body["code"] == "model_not_found", e.body
+try:
+    openai.OpenAI(base_url=base, api_key="sk-wrong", max_retries=0).models.list()
+    raise AssertionError("expected AuthenticationError")
+except openai.AuthenticationError:
+    pass
+try:
+    client.chat.completions.create(model="mock-error-503", messages=[{"role": "user", "content": "x"}])
+    raise AssertionError("expected an APIStatusError")
+except openai.APIStatusError as e:
+    assert e.status_code == 502, e.status_code
+
+print("openai-sdk: all checks passed")

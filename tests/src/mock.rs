@@ -1,0 +1,200 @@
+//! A scriptable OpenAI-compatible upstream on port 0 that records what it receives.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+/// What the mock does for a model.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    /// Answers normally (stream or not, as asked), with content `reply from <model>`.
+    Ok,
+    /// Answers with this status, JSON body and extra headers.
+    Fail {
+        status: u16,
+        body: Value,
+        headers: Vec<(String, String)>,
+    },
+    /// Waits this long, then answers normally.
+    Slow(Duration),
+    /// Never answers.
+    Hang,
+    /// Streams `n` content chunks, then breaks off with an error event inside the 200 stream.
+    StreamErrorAfter(usize),
+}
+
+/// One request the mock received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Default)]
+pub struct MockState {
+    pub received: Mutex<Vec<Received>>,
+    behaviours: Mutex<HashMap<String, Behaviour>>,
+}
+
+/// A running mock upstream. Its base URL (`…/v1`) goes into `providers.yaml`.
+#[derive(Clone)]
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    pub state: Arc<MockState>,
+}
+
+impl MockUpstream {
+    pub async fn start() -> MockUpstream {
+        let state = Arc::new(MockState::default());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind mock");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        MockUpstream { addr, state }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn set(&self, model: &str, b: Behaviour) {
+        self.state
+            .behaviours
+            .lock()
+            .expect("lock")
+            .insert(model.to_string(), b);
+    }
+
+    /// Requests received for `model`.
+    pub fn calls(&self, model: &str) -> Vec<Received> {
+        self.state
+            .received
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.body["model"] == model)
+            .cloned()
+            .collect()
+    }
+
+    pub fn total_calls(&self) -> usize {
+        self.state.received.lock().expect("lock").len()
+    }
+}
+
+async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = body["model"].as_str().unwrap_or("").to_string();
+    state.received.lock().expect("lock").push(Received {
+        path: "/v1/chat/completions".into(),
+        headers,
+        body: body.clone(),
+    });
+    let behaviour = state
+        .behaviours
+        .lock()
+        .expect("lock")
+        .get(&model)
+        .cloned()
+        .unwrap_or(Behaviour::Ok);
+    match behaviour {
+        Behaviour::Ok => answer(&body, &model, None),
+        Behaviour::Slow(d) => {
+            tokio::time::sleep(d).await;
+            answer(&body, &model, None)
+        }
+        Behaviour::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            StatusCode::GATEWAY_TIMEOUT.into_response()
+        }
+        Behaviour::Fail {
+            status,
+            body,
+            headers,
+        } => {
+            let mut resp = (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                axum::Json(body),
+            )
+                .into_response();
+            for (k, v) in headers {
+                if let (Ok(k), Ok(v)) = (
+                    axum::http::HeaderName::from_bytes(k.as_bytes()),
+                    axum::http::HeaderValue::from_str(&v),
+                ) {
+                    resp.headers_mut().insert(k, v);
+                }
+            }
+            resp
+        }
+        Behaviour::StreamErrorAfter(n) => answer(&body, &model, Some(n)),
+    }
+}
+
+fn answer(body: &Value, model: &str, break_after: Option<usize>) -> Response {
+    let text = format!("reply from {model}");
+    let usage = json!({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
+        "prompt_tokens_details": {"cached_tokens": 3}, "completion_tokens_details": {"reasoning_tokens": 2}});
+    if body["stream"] != true {
+        return axum::Json(json!({"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": usage}))
+        .into_response();
+    }
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        .to_string()
+    };
+    let mut events = vec![
+        ": keep-alive".to_string(),
+        format!(
+            "data: {}",
+            chunk(json!({"role": "assistant", "content": ""}), Value::Null)
+        ),
+    ];
+    for (i, word) in text.split(' ').enumerate() {
+        if break_after == Some(i) {
+            events.push(format!("data: {}", json!({"error": {"message": "upstream exploded mid-stream", "type": "server_error"}})));
+            break;
+        }
+        events.push(format!(
+            "data: {}",
+            chunk(json!({"content": format!("{word} ")}), Value::Null)
+        ));
+    }
+    if break_after.is_none() {
+        events.push(format!("data: {}", chunk(json!({}), json!("stop"))));
+        if body["stream_options"]["include_usage"] == true {
+            events.push(format!("data: {}", json!({"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [], "usage": usage})));
+        }
+        events.push("data: [DONE]".into());
+    }
+    // Sent as separate body pieces, a little apart, like a real stream.
+    let stream = futures_util::stream::unfold(events.into_iter(), |mut it| async move {
+        let e = it.next()?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Some((Ok::<_, Infallible>(Bytes::from(format!("{e}\n\n"))), it))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
