@@ -214,3 +214,42 @@ async fn failing_strategies_fall_back_to_priority_order() {
     }
     assert!(logs().contains("out of range"));
 }
+
+#[tokio::test]
+async fn the_readme_strategy_example_builds_and_routes() {
+    // The guide's code is the fixture's code, so the guide cannot rot.
+    let readme =
+        std::fs::read_to_string(smart_router_tests::root().join("README.md")).expect("readme");
+    let fixture = std::fs::read_to_string(
+        smart_router_tests::root().join("tests/guests/strategy-my-pick/src/lib.rs"),
+    )
+    .expect("fixture");
+    let body = fixture.split_once("\n\n").expect("header").1;
+    let indented: String = body
+        .lines()
+        .map(|l| {
+            if l.is_empty() {
+                "\n".to_string()
+            } else {
+                format!("   {l}\n")
+            }
+        })
+        .collect();
+    assert!(
+        readme.contains(&indented),
+        "README's example and tests/guests/strategy-my-pick differ"
+    );
+
+    let mock = MockUpstream::start().await;
+    let providers = format!(
+        "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    channels:\n      - {{ model: pricey, priority: 1, input_cost_per_1k: 0.01 }}\n      - {{ model: cheap, priority: 2, input_cost_per_1k: 0.001 }}\n",
+        mock.base_url()
+    );
+    let gw = Gateway::builder()
+        .providers(&providers)
+        .groups("model_groups:\n  g:\n    strategy: my-pick\n    strategy_params: {max_latency_ms: 800}\n")
+        .strategies(&["my-pick"])
+        .start()
+        .await;
+    assert_eq!(channel_for(&gw).await, "up/cheap");
+}

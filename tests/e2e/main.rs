@@ -1,6 +1,7 @@
 //! End-to-end tests: the real gateway over HTTP, real WebAssembly components, mock upstreams on
 //! port 0, real SQLite. Built components come from `cargo xtask build`.
 
+mod anthropic;
 mod chat;
 mod cli;
 mod components;

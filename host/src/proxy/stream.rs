@@ -311,11 +311,7 @@ async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, gu
         }
     };
     match outcome {
-        Ok(()) => {
-            pump.att
-                .succeed(pump.usage, status, Some(ttft))
-                .await
-        }
+        Ok(()) => pump.att.succeed(pump.usage, status, Some(ttft)).await,
         Err(("client_closed", msg)) => {
             let mut rec = pump.att.record(
                 status,
