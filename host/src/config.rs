@@ -104,6 +104,8 @@ pub struct Channel {
     pub capabilities: Option<Vec<Capability>>,
     /// Why the channel is out of rotation, if it is.
     pub disabled: Option<String>,
+    /// A 429 on a sibling channel does not cool this one down.
+    pub separate_rate_limit: bool,
 }
 
 impl Channel {

@@ -20,6 +20,11 @@ use crate::stats::{ChannelStats, InFlight, now_ms};
 use crate::store::UsageRecord;
 use crate::upstream::{UpstreamError, read_body};
 
+/// Cooldown after a 429 that names no `Retry-After`.
+const DEFAULT_RATE_LIMIT_MS: u64 = 10_000;
+/// Cooldown after the account's key is refused or out of credit (or the model is missing).
+const ACCOUNT_FAILURE_MS: u64 = 300_000;
+
 /// Largest error body read from an upstream.
 const ERROR_BODY_LIMIT: usize = 256 << 10;
 
@@ -78,6 +83,21 @@ pub async fn attempt(
     };
     let stats = scope.app.stats.channel(&channel.id);
     let now = now_ms();
+    // Parked while this request was failing over (a sibling's 429, say): skip it.
+    if let Some(until) = stats.cooling(now) {
+        return Err(retry(
+            "cooling_down",
+            format!("channel `{}` is cooling down", channel.id),
+            Some(until - now),
+        ));
+    }
+    if !stats.try_probe(now) {
+        return Err(retry(
+            "circuit_open",
+            format!("channel `{}` is being probed after failures", channel.id),
+            None,
+        ));
+    }
     if let Some(limit) = channel.daily_limit
         && !stats.try_reserve(limit, now)
     {
@@ -156,7 +176,7 @@ pub async fn attempt(
             } else {
                 "connect"
             };
-            att.fail(class, &e.to_string(), 0, None).await;
+            att.fail(class, &e.to_string(), 0, None, None).await;
             return Err(retry(class, e.to_string(), None));
         }
     };
@@ -180,7 +200,8 @@ pub async fn attempt(
     let body = match read_body(resp.body, scope.cfg.system.max_response_bytes).await {
         Ok(b) => b,
         Err(e) => {
-            att.fail("body", &e.to_string(), resp.status, None).await;
+            att.fail("body", &e.to_string(), resp.status, None, None)
+                .await;
             return Err(retry("body", e.to_string(), None));
         }
     };
@@ -195,7 +216,7 @@ pub async fn attempt(
         }
         Ok(Err(perr)) => Err(att.provider_failed(perr, resp.status).await),
         Err(e) => {
-            att.fail("adapter_error", &e.to_string(), resp.status, None)
+            att.fail("adapter_error", &e.to_string(), resp.status, None, None)
                 .await;
             Err(adapter_failed(&scope.app, e))
         }
@@ -264,9 +285,39 @@ impl Attempt {
         self.scope.app.usage.record(rec).await;
     }
 
-    /// A failed attempt that reached (or tried to reach) the upstream.
-    pub async fn fail(&self, class: &str, message: &str, status: u16, usage: Option<&Usage>) {
-        self.stats.record_failure();
+    /// A failed attempt that reached (or tried to reach) the upstream: health, cooldowns, the
+    /// usage row.
+    pub async fn fail(
+        &self,
+        class: &str,
+        message: &str,
+        status: u16,
+        usage: Option<&Usage>,
+        retry_after_ms: Option<u64>,
+    ) {
+        let now = now_ms();
+        let unhealthy = matches!(
+            class,
+            "server_error"
+                | "timeout"
+                | "connect"
+                | "stream_broken"
+                | "bad_stream"
+                | "empty_stream"
+                | "body"
+                | "unknown"
+        );
+        self.stats.record_failure(now, unhealthy);
+        match class {
+            // The account's limit: every channel sharing the provider's key waits.
+            "rate_limited" => {
+                self.park_account(now + retry_after_ms.unwrap_or(DEFAULT_RATE_LIMIT_MS), true)
+            }
+            // The key itself is refused or out of credit: the whole account, for long.
+            "auth" | "quota_exhausted" => self.park_account(now + ACCOUNT_FAILURE_MS, false),
+            "model_not_found" => self.stats.cool_down(now + ACCOUNT_FAILURE_MS),
+            _ => {}
+        }
         Counters::bump(&self.scope.app.counters.upstream_failures);
         let rec = self.record(
             status,
@@ -279,22 +330,23 @@ impl Attempt {
         self.scope.app.usage.record(rec).await;
     }
 
+    /// Cools down this channel and its siblings under the same provider entry (those with
+    /// `separate_rate_limit` are spared when `rate_limit`).
+    fn park_account(&self, until: u64, rate_limit: bool) {
+        self.stats.cool_down(until);
+        for ch in &self.scope.cfg.channels {
+            if ch.provider == self.channel.provider
+                && ch.id != self.channel.id
+                && !(rate_limit && ch.separate_rate_limit)
+            {
+                self.scope.app.stats.channel(&ch.id).cool_down(until);
+            }
+        }
+    }
+
     /// Applies a classified provider error: health, cooldown, usage row, and the decision.
     async fn provider_failed(&self, perr: ProviderError, status: u16) -> Failure {
         let class = class_name(perr.class);
-        let now = now_ms();
-        match perr.class {
-            ErrorClass::RateLimited => self
-                .stats
-                .cool_down(now + perr.retry_after_ms.unwrap_or(10_000)),
-            ErrorClass::Auth | ErrorClass::QuotaExhausted => self.stats.cool_down(now + 300_000),
-            ErrorClass::ServerError | ErrorClass::Timeout
-                if self.stats.snapshot(now).consecutive_failures >= 2 =>
-            {
-                self.stats.cool_down(now + 10_000)
-            }
-            _ => {}
-        }
         let client_fault = matches!(
             perr.class,
             ErrorClass::BadRequest | ErrorClass::ContentFiltered
@@ -311,7 +363,8 @@ impl Attempt {
             self.scope.app.usage.record(rec).await;
             return Failure::Fatal(client_error(&perr, &self.provider));
         }
-        self.fail(class, &perr.message, status, None).await;
+        self.fail(class, &perr.message, status, None, perr.retry_after_ms)
+            .await;
         retry(
             class,
             redact(&perr.message, &self.provider),

@@ -10,7 +10,7 @@ use crate::components::strategy_api::smart_router::gateway::types::{
 };
 use crate::config::{Capability, Config, Member};
 use crate::server::error::ApiError;
-use crate::stats::now_ms;
+use crate::stats::{Breaker, now_ms};
 
 /// What the host reads off a chat request.
 #[derive(Debug, Clone)]
@@ -226,10 +226,15 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
             continue;
         }
         let stats = app.stats.channel(&ch.id);
-        if let Some(until) = stats.cooling(now) {
+        let cooling = match stats.breaker(now) {
+            Breaker::Open(until) => Some(until),
+            _ => stats.cooling(now),
+        };
+        if let Some(until) = cooling {
             earliest_recovery = Some(earliest_recovery.map_or(until, |e| e.min(until)));
             continue;
         }
+        let half_open = stats.breaker(now) == Breaker::HalfOpen;
         let snap = stats.snapshot(now);
         if let Some(limit) = ch.daily_limit
             && snap.used_today >= limit
@@ -252,6 +257,7 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
             tokens_per_second: snap.tokens_per_second,
             success_rate: snap.success_rate,
             in_flight: snap.in_flight,
+            consecutive_failures: snap.consecutive_failures,
             quota_remaining: ch.daily_limit.map(|l| {
                 if l == 0 {
                     0.0
@@ -260,9 +266,9 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
                 }
             }),
             quota_remaining_requests: ch.daily_limit.map(|l| l.saturating_sub(snap.used_today)),
-            health: if snap.consecutive_failures >= 3 {
+            health: if half_open {
                 Health::Probing
-            } else if snap.success_rate < 0.9 {
+            } else if snap.success_rate < 0.9 || snap.consecutive_failures > 0 {
                 Health::Degraded
             } else {
                 Health::Healthy
@@ -347,6 +353,7 @@ fn rank(
         needs_json: facts.needs_json,
         now_ms: now,
         random: fastrand::u64(..),
+        sequence: app.stats.next_sequence(&facts.model),
     };
     match component.rank(&app.runtime, &info, candidates, params) {
         Ok(r) if !r.order.is_empty() => {

@@ -8,6 +8,16 @@ use std::sync::{Arc, Mutex, RwLock};
 
 /// Weight of the newest sample in the moving averages.
 const ALPHA: f64 = 0.3;
+/// Failures in a row that open a channel's circuit breaker…
+const BREAKER_FAILURES: u32 = 5;
+/// …or a success rate below this over at least `BREAKER_MIN_SAMPLES` attempts.
+const BREAKER_MIN_RATE: f64 = 0.5;
+const BREAKER_MIN_SAMPLES: usize = 10;
+/// How long a breaker stays open the first time; doubled on each trip in a row, up to the max.
+const BREAKER_OPEN_MS: u64 = 5_000;
+const BREAKER_MAX_OPEN_MS: u64 = 300_000;
+/// A half-open probe that never reports back frees its slot after this long.
+const PROBE_TIMEOUT_MS: u64 = 60_000;
 /// Attempts remembered for the success rate.
 const WINDOW: usize = 32;
 const DAY_MS: u64 = 86_400_000;
@@ -25,9 +35,30 @@ pub fn now_ms() -> u64 {
 #[derive(Default)]
 pub struct Stats {
     channels: RwLock<HashMap<String, Arc<ChannelStats>>>,
+    sequences: RwLock<HashMap<String, Arc<AtomicU64>>>,
 }
 
 impl Stats {
+    /// The next value of a model name's request counter (for rotating strategies).
+    pub fn next_sequence(&self, model: &str) -> u64 {
+        if let Some(c) = self
+            .sequences
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+        {
+            return c.fetch_add(1, Ordering::Relaxed);
+        }
+        let counter = self
+            .sequences
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(model.to_string())
+            .or_default()
+            .clone();
+        counter.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub fn channel(&self, id: &str) -> Arc<ChannelStats> {
         if let Some(s) = self
             .channels
@@ -51,6 +82,22 @@ struct Window {
     len: usize,
     next: usize,
     consecutive_failures: u32,
+    /// The breaker is open until then (0 = closed).
+    breaker_until: u64,
+    /// Trips in a row without a success in between.
+    trips: u32,
+    /// When the half-open probe in flight started (0 = none).
+    probe_started: u64,
+}
+
+/// Whether a channel's circuit breaker lets requests through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breaker {
+    Closed,
+    /// Open until this time: not tried.
+    Open(u64),
+    /// The open period is over: one real request at a time may test the channel.
+    HalfOpen,
 }
 
 /// One channel's live numbers.
@@ -102,6 +149,14 @@ impl ChannelStats {
 
     pub fn record_success(&self, latency_ms: f64, ttft_ms: Option<f64>, completion_tokens: u32) {
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if w.breaker_until != 0 {
+            // A half-open probe succeeded: close, and forget the failures that opened it.
+            w.breaker_until = 0;
+            w.trips = 0;
+            w.probe_started = 0;
+            w.len = 0;
+            w.next = 0;
+        }
         w.latency_ms = Some(ewma(w.latency_ms, latency_ms));
         if let Some(t) = ttft_ms {
             w.ttft_ms = Some(ewma(w.ttft_ms, t));
@@ -115,10 +170,52 @@ impl ChannelStats {
         push(&mut w, true);
     }
 
-    pub fn record_failure(&self) {
+    /// Counts a failed attempt. `breaker`: the failure says the channel is unhealthy (server
+    /// error, timeout, broken connection), so it counts towards opening the circuit breaker.
+    pub fn record_failure(&self, now_ms: u64, breaker: bool) {
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
         w.consecutive_failures += 1;
         push(&mut w, false);
+        if !breaker {
+            return;
+        }
+        let probing = w.breaker_until != 0;
+        let successes = w.outcomes[..w.len].iter().filter(|ok| **ok).count();
+        let poor =
+            w.len >= BREAKER_MIN_SAMPLES && (successes as f64) < BREAKER_MIN_RATE * w.len as f64;
+        if probing || w.consecutive_failures >= BREAKER_FAILURES || poor {
+            w.trips += 1;
+            let open = BREAKER_OPEN_MS
+                .saturating_mul(1u64 << (w.trips - 1).min(10))
+                .min(BREAKER_MAX_OPEN_MS);
+            w.breaker_until = now_ms + open;
+            w.probe_started = 0;
+        }
+    }
+
+    /// The breaker's state now.
+    pub fn breaker(&self, now_ms: u64) -> Breaker {
+        let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        match w.breaker_until {
+            0 => Breaker::Closed,
+            until if now_ms < until => Breaker::Open(until),
+            _ => Breaker::HalfOpen,
+        }
+    }
+
+    /// In half-open state, claims the single probe slot; always true when closed.
+    pub fn try_probe(&self, now_ms: u64) -> bool {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if w.breaker_until == 0 {
+            return true;
+        }
+        if now_ms < w.breaker_until
+            || (w.probe_started != 0 && now_ms - w.probe_started < PROBE_TIMEOUT_MS)
+        {
+            return false;
+        }
+        w.probe_started = now_ms;
+        true
     }
 
     /// Parks the channel until `until_ms` (never shortens an existing cooldown).
@@ -207,6 +304,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn breaker_opens_probes_one_at_a_time_and_closes_on_success() {
+        let s = ChannelStats::default();
+        let t = 1_000_000;
+        for _ in 0..BREAKER_FAILURES - 1 {
+            s.record_failure(t, true);
+        }
+        assert_eq!(s.breaker(t), Breaker::Closed);
+        s.record_failure(t, false);
+        assert_eq!(
+            s.breaker(t),
+            Breaker::Closed,
+            "a rate limit or client error does not trip it"
+        );
+        s.record_failure(t, true);
+        assert_eq!(s.breaker(t), Breaker::Open(t + BREAKER_OPEN_MS));
+        assert!(!s.try_probe(t + 1));
+        let later = t + BREAKER_OPEN_MS;
+        assert_eq!(s.breaker(later), Breaker::HalfOpen);
+        assert!(s.try_probe(later), "one probe");
+        assert!(!s.try_probe(later), "only one at a time");
+        s.record_failure(later, true);
+        assert_eq!(
+            s.breaker(later),
+            Breaker::Open(later + 2 * BREAKER_OPEN_MS),
+            "a failed probe reopens for longer"
+        );
+        let again = later + 2 * BREAKER_OPEN_MS;
+        assert!(s.try_probe(again));
+        s.record_success(10.0, None, 0);
+        assert_eq!(s.breaker(again), Breaker::Closed);
+        assert_eq!(
+            s.snapshot(again).success_rate,
+            1.0,
+            "the failures that opened it are forgotten"
+        );
+    }
+
+    #[test]
     fn quota_is_exact_under_concurrency() {
         let s = Arc::new(ChannelStats::default());
         let now = now_ms();
@@ -234,7 +369,7 @@ mod tests {
         let s = ChannelStats::default();
         s.record_success(100.0, None, 0);
         s.record_success(200.0, None, 0);
-        s.record_failure();
+        s.record_failure(now_ms(), true);
         let snap = s.snapshot(now_ms());
         assert!((snap.success_rate - 2.0 / 3.0).abs() < 1e-9);
         assert!((snap.latency_ms.unwrap_or_default() - 130.0).abs() < 1e-9);

@@ -54,6 +54,10 @@ async fn messages(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes
 }
 
 async fn setup() -> (Gateway, Arc<Seen>) {
+    setup_with(&["anthropic"]).await
+}
+
+async fn setup_with(adapters: &[&str]) -> (Gateway, Arc<Seen>) {
     let seen = Arc::new(Seen::default());
     let app = Router::new()
         .route("/v1/messages", post(messages))
@@ -69,7 +73,7 @@ async fn setup() -> (Gateway, Arc<Seen>) {
         .providers(&format!(
             "providers:\n  anthropic:\n    adapter: anthropic\n    base_url: http://{addr}\n    api_key: sk-ant-secret-123456\n    options: {{anthropic_version: '2023-06-01'}}\n    channels: [{{model: claude-test}}]\n"
         ))
-        .adapters(&["anthropic"])
+        .adapters(adapters)
         .start()
         .await;
     (gw, seen)
@@ -157,4 +161,35 @@ async fn anthropic_errors_are_classified() {
     let resp = ask().await;
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "9");
+}
+
+#[tokio::test]
+async fn an_adapter_dropped_in_at_runtime_makes_its_provider_usable() {
+    let (gw, _seen) = setup_with(&["openai"]).await;
+    let ask = || {
+        gw.chat(json!({"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]}))
+    };
+    assert_eq!(
+        ask().await.status(),
+        503,
+        "no adapter yet: the channel is skipped"
+    );
+    assert!(smart_router_tests::logs().contains("names adapter `anthropic`, which is not loaded"));
+
+    let started = std::time::Instant::now();
+    std::fs::copy(
+        smart_router_tests::component("adapters", "anthropic"),
+        gw.components("adapters").join("anthropic.wasm"),
+    )
+    .expect("copy");
+    let served = gw
+        .eventually(std::time::Duration::from_secs(5), || async {
+            ask().await.status() == 200
+        })
+        .await;
+    assert!(served, "the provider serves once its adapter is dropped in");
+    eprintln!(
+        "adapter drop-in to first served request: {:?}",
+        started.elapsed()
+    );
 }

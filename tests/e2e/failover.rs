@@ -39,7 +39,17 @@ async fn server_error_fails_over_to_the_next_channel() {
 
 #[tokio::test]
 async fn rate_limit_fails_over_and_all_rate_limited_answers_429_with_retry_after() {
-    let (gw, mock) = setup(&["a", "b"]).await;
+    // Two accounts: a 429 on one does not park the other.
+    let mock = MockUpstream::start().await;
+    let providers = format!(
+        "providers:\n  one:\n    adapter: openai\n    base_url: {0}\n    channels: [{{model: a, priority: 1}}]\n  two:\n    adapter: openai\n    base_url: {0}\n    channels: [{{model: b, priority: 2}}]\n",
+        mock.base_url()
+    );
+    let gw = Gateway::builder()
+        .providers(&providers)
+        .groups("model_groups:\n  g: {strategy: priority}\n")
+        .start()
+        .await;
     let limited = Behaviour::Fail {
         status: 429,
         body: json!({"error": {"message": "slow down", "type": "rate_limit_error"}}),
@@ -47,7 +57,7 @@ async fn rate_limit_fails_over_and_all_rate_limited_answers_429_with_retry_after
     };
     mock.set("a", limited.clone());
     let resp = gw.chat(json!({"model": "g", "messages": msg()})).await;
-    assert_eq!(resp.headers()["x-smart-router-channel"], "up/b");
+    assert_eq!(resp.headers()["x-smart-router-channel"], "two/b");
 
     mock.set("b", limited);
     // `a` is cooling down now; `b` answers 429 too.

@@ -86,6 +86,10 @@ pub struct ChannelEntry {
     pub capabilities: Option<Vec<Capability>>,
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// The channel has a rate limit of its own: a 429 on a sibling under the same provider entry
+    /// does not park it (by default siblings share the account's limits).
+    #[serde(default)]
+    pub separate_rate_limit: Option<bool>,
 }
 
 /// What a channel's model can do.

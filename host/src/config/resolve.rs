@@ -249,6 +249,7 @@ fn new_channel(id: String, provider: String, model: String) -> Channel {
         context_length: None,
         capabilities: None,
         disabled: None,
+        separate_rate_limit: false,
     }
 }
 
@@ -398,6 +399,9 @@ fn merge(channel: &mut Channel, ch: &ChannelEntry, field: &str) -> Result<(), Co
     }
     if ch.enabled == Some(false) {
         channel.disabled = Some("disabled in the configuration".into());
+    }
+    if let Some(v) = ch.separate_rate_limit {
+        channel.separate_rate_limit = v;
     }
     Ok(())
 }

@@ -187,7 +187,7 @@ pub(super) async fn start(
     guard: Guard,
 ) -> Result<Response, Failure> {
     if let Err(e) = session.start_stream(&ctx) {
-        att.fail("adapter_error", &e.to_string(), resp.status, None)
+        att.fail("adapter_error", &e.to_string(), resp.status, None, None)
             .await;
         return Err(adapter_failed(&att.scope.app, e));
     }
@@ -231,6 +231,7 @@ pub(super) async fn start(
                         "the stream ended without output",
                         status,
                         None,
+                        None,
                     )
                     .await;
                 return Err(retry(
@@ -245,12 +246,9 @@ pub(super) async fn start(
                 retry_after_ms,
             } => {
                 let msg = super::redact(&message, &pump.att.provider);
-                pump.att.fail(class, &msg, status, None).await;
-                if class == "rate_limited" {
-                    pump.att
-                        .stats
-                        .cool_down(crate::stats::now_ms() + retry_after_ms.unwrap_or(10_000));
-                }
+                pump.att
+                    .fail(class, &msg, status, None, retry_after_ms)
+                    .await;
                 if matches!(class, "bad_request" | "content_filtered") {
                     return Err(Failure::Fatal(ApiError::invalid(format!(
                         "The provider refused the request: {msg}"
@@ -326,7 +324,7 @@ async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, gu
         }
         Err((class, msg)) => {
             pump.att
-                .fail(class, &msg, status, pump.usage.as_ref())
+                .fail(class, &msg, status, pump.usage.as_ref(), None)
                 .await
         }
     }

@@ -135,8 +135,12 @@ fn all_failed(failures: &[(String, &'static str, String, Option<u64>)]) -> ApiEr
         .min()
         .map(|ms| ms.div_ceil(1000).max(1));
     let all = |c: &str| !failures.is_empty() && failures.iter().all(|f| f.1 == c);
+    let limited = !failures.is_empty()
+        && failures
+            .iter()
+            .all(|f| matches!(f.1, "rate_limited" | "cooling_down"));
     let message = format!("All {} channel(s) tried failed. {summary}", failures.len());
-    if all("rate_limited") {
+    if limited {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
