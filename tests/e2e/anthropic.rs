@@ -15,11 +15,14 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(root().join("tests/fixtures/anthropic").join(name)).expect("fixture")
 }
 
+/// A canned failure: status, body, extra headers.
+type Failure = (u16, Value, Vec<(&'static str, &'static str)>);
+
 #[derive(Default)]
 struct Seen {
     requests: Mutex<Vec<(HeaderMap, Value)>>,
     /// When set, every request is answered with this status and body.
-    fail: Mutex<Option<(u16, Value, Vec<(&'static str, &'static str)>)>>,
+    fail: Mutex<Option<Failure>>,
 }
 
 async fn messages(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) -> Response {

@@ -142,7 +142,7 @@ async fn weighted_sort_puts_free_first_and_priority_splits_by_weight() {
     }
     let heavy = counts.get("up/heavy").copied().unwrap_or(0);
     assert!(
-        counts.get("up/backup").is_none(),
+        !counts.contains_key("up/backup"),
         "tier 2 only as a fallback: {counts:?}"
     );
     // 3:1 → 150 expected; far outside binomial noise if weights were ignored (100).
