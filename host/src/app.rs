@@ -181,10 +181,14 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         .unwrap_or_else(|| "127.0.0.1:8000".into());
     let max_body = cfg.system.max_body_bytes;
 
+    // Today's use so far, so daily limits survive a restart.
     let stats = Stats::default();
-    let now = now_ms();
-    for (channel, used) in store.attempts_since(now - now % 86_400_000).await? {
-        stats.channel(&channel).seed_today(used.max(0) as u64, now);
+    let (day, _) = cfg.clock.day(now_ms());
+    for used in store.used_since(day.start_ms).await? {
+        let q = &stats.channel(&used.channel).quota;
+        q.requests.seed(used.requests, day.id);
+        q.tokens.seed(used.tokens, day.id);
+        q.cost_micros.seed(used.cost_micros, day.id);
     }
 
     let app = Arc::new(App {

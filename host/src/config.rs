@@ -2,7 +2,7 @@
 //!
 //! Everything a reload checks is checked here, so `smart-router check` and a hot reload agree.
 
-mod files;
+pub mod files;
 mod resolve;
 
 use std::collections::{BTreeMap, HashMap};
@@ -72,6 +72,8 @@ pub struct System {
     pub first_byte_timeout: Duration,
     pub request_timeout: Duration,
     pub max_response_bytes: usize,
+    /// Whose midnight resets daily limits and whose clock pricing windows read.
+    pub timezone: jiff::tz::TimeZone,
 }
 
 /// A provider account.
@@ -96,6 +98,8 @@ pub struct Channel {
     pub priority: u32,
     pub weight: f64,
     pub daily_limit: Option<u64>,
+    pub daily_token_limit: Option<u64>,
+    pub daily_cost_limit_micros: Option<u64>,
     pub input_cost_per_1k: f64,
     pub output_cost_per_1k: f64,
     pub cost_multiplier: f64,
@@ -109,18 +113,26 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// The blended price per 1,000 tokens routing compares, after the multiplier.
-    pub fn effective_cost_per_1k(&self) -> f64 {
-        (self.input_cost_per_1k + self.output_cost_per_1k) / 2.0 * self.cost_multiplier
+    /// The blended price per 1,000 tokens routing compares, under price factor `multiplier`
+    /// (the channel's `cost_multiplier` times the pricing policies that apply).
+    pub fn effective_cost_per_1k(&self, multiplier: f64) -> f64 {
+        (self.input_cost_per_1k + self.output_cost_per_1k) / 2.0 * multiplier
     }
 
-    /// Cost of one call in micro-dollars.
-    pub fn cost_micros(&self, prompt_tokens: u64, completion_tokens: u64) -> i64 {
+    /// Cost of one call in micro-dollars under price factor `multiplier`.
+    pub fn cost_micros(&self, prompt_tokens: u64, completion_tokens: u64, multiplier: f64) -> i64 {
         let dollars = (prompt_tokens as f64 * self.input_cost_per_1k
             + completion_tokens as f64 * self.output_cost_per_1k)
             / 1000.0
-            * self.cost_multiplier;
+            * multiplier;
         (dollars * 1_000_000.0).round() as i64
+    }
+
+    /// True when the channel has any daily limit.
+    pub fn has_daily_limits(&self) -> bool {
+        self.daily_limit.is_some()
+            || self.daily_token_limit.is_some()
+            || self.daily_cost_limit_micros.is_some()
     }
 
     pub fn has(&self, capability: Capability) -> bool {
@@ -162,6 +174,10 @@ pub struct Config {
     pub groups: BTreeMap<String, Group>,
     /// Plain model names (and channel ids) clients may ask for, with the channels serving them.
     pub models: BTreeMap<String, Vec<Member>>,
+    /// Pricing policies, in file order.
+    pub policies: Vec<crate::pricing::Policy>,
+    /// Local days in `system.timezone`.
+    pub clock: crate::quota::DayClock,
     /// Things that load but deserve a look (a key that is not set, …).
     pub warnings: Vec<String>,
 }
@@ -179,8 +195,8 @@ pub fn load(dir: &Path) -> Result<Config, ConfigError> {
     let providers: files::ProvidersFile = parse(dir, "providers.yaml")?;
     let groups: files::GroupsFile = parse(dir, "model_groups.yaml")?;
     let system: files::SystemFile = parse(dir, "system.yaml")?;
-    let _pricing: serde_yaml::Value = parse(dir, "pricing_policies.yaml")?;
-    resolve(dir, providers, groups, system, &|name| {
+    let pricing: files::PricingFile = parse(dir, "pricing_policies.yaml")?;
+    resolve(dir, providers, groups, system, pricing, &|name| {
         std::env::var(name).ok()
     })
 }

@@ -4,7 +4,9 @@
 pub mod app;
 pub mod components;
 pub mod config;
+pub mod pricing;
 pub mod proxy;
+pub mod quota;
 pub mod reload;
 pub mod router;
 pub mod server;

@@ -14,12 +14,15 @@ use crate::components::adapter_api::exports::smart_router::gateway::translation:
 };
 use crate::components::{CallError, Components};
 use crate::config::{Channel, Config, Provider};
+use crate::pricing::{self, Moment};
 use crate::router::Facts;
 use crate::server::error::ApiError;
-use crate::stats::{ChannelStats, InFlight, now_ms};
+use crate::stats::{ChannelStats, InFlight, Reservation, now_ms};
 use crate::store::UsageRecord;
 use crate::upstream::{UpstreamError, read_body};
 
+/// Completion tokens assumed for a quota reservation when the request sets no `max_tokens`.
+const DEFAULT_OUTPUT_ESTIMATE: u32 = 256;
 /// Cooldown after a 429 that names no `Retry-After`.
 const DEFAULT_RATE_LIMIT_MS: u64 = 10_000;
 /// Cooldown after the account's key is refused or out of credit (or the model is missing).
@@ -62,6 +65,9 @@ pub(crate) struct Attempt {
     pub stats: Arc<ChannelStats>,
     pub started: Instant,
     pub started_ms: u64,
+    /// The price factor in force when the attempt started (channel multiplier × policies).
+    pub multiplier: f64,
+    pub reservation: Reservation,
 }
 
 /// Tries channel `idx` as attempt `number`.
@@ -98,21 +104,43 @@ pub async fn attempt(
             None,
         ));
     }
-    if let Some(limit) = channel.daily_limit
-        && !stats.try_reserve(limit, now)
-    {
-        return Err(retry(
-            "daily_quota",
-            format!("channel `{}` has used its daily limit", channel.id),
-            None,
-        ));
-    }
-    let reserved = channel.daily_limit.is_some();
-    let unreserve = |stats: &ChannelStats| {
-        if reserved {
-            stats.release();
+    let (day, weekday) = scope.cfg.clock.day(now);
+    let moment = Moment {
+        minute_of_day: day.minute_of_day(now),
+        weekday,
+    };
+    let multiplier = pricing::multiplier(
+        &scope.cfg.policies,
+        &channel,
+        moment,
+        stats.quota.used_share(&channel, day.id),
+    );
+    let prompt_estimate = u64::from(scope.facts.estimated_prompt_tokens);
+    let output_estimate = u64::from(
+        scope
+            .facts
+            .max_output_tokens
+            .unwrap_or(DEFAULT_OUTPUT_ESTIMATE),
+    );
+    let cost_estimate = channel
+        .cost_micros(prompt_estimate, output_estimate, multiplier)
+        .max(0) as u64;
+    let reservation = match stats.quota.reserve(
+        &channel,
+        day.id,
+        prompt_estimate + output_estimate,
+        cost_estimate,
+    ) {
+        Ok(r) => r,
+        Err(limit) => {
+            return Err(retry(
+                "daily_quota",
+                format!("channel `{}` has reached its {limit}", channel.id),
+                None,
+            ));
         }
     };
+    let unreserve = |stats: &ChannelStats| stats.quota.cancel(&reservation);
     let ctx = RequestContext {
         model: channel.model.clone(),
         is_stream: scope.facts.is_stream,
@@ -150,6 +178,8 @@ pub async fn attempt(
         stats: stats.clone(),
         started: Instant::now(),
         started_ms: now,
+        multiplier,
+        reservation,
     };
     let guard = stats.enter();
     let first_byte = scope.cfg.system.first_byte_timeout;
@@ -235,6 +265,7 @@ impl Attempt {
         }
     }
 
+    /// The attempt's usage row; settles its quota reservation, so call it once, at the end.
     fn record(
         &self,
         status: u16,
@@ -248,6 +279,14 @@ impl Attempt {
         let (p, c) = usage.map_or((0, 0), |u| {
             (u64::from(u.prompt_tokens), u64::from(u.completion_tokens))
         });
+        let cost_micros = self.channel.cost_micros(p, c, self.multiplier);
+        // The attempt is over: its quota reservation becomes what it really used.
+        self.stats.quota.settle(
+            &self.reservation,
+            &self.channel,
+            p + c,
+            cost_micros.max(0) as u64,
+        );
         UsageRecord {
             request_id: s.request_id.clone(),
             attempt: self.number,
@@ -263,7 +302,7 @@ impl Attempt {
             completion_tokens: c,
             cached_tokens: usage.map_or(0, |u| u64::from(u.cached_tokens)),
             reasoning_tokens: usage.map_or(0, |u| u64::from(u.reasoning_tokens)),
-            cost_micros: self.channel.cost_micros(p, c),
+            cost_micros,
             latency_ms: self.started.elapsed().as_millis() as u64,
             ttft_ms,
             status,

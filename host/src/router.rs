@@ -9,6 +9,7 @@ use crate::components::strategy_api::smart_router::gateway::types::{
     Candidate, Health, RequestInfo,
 };
 use crate::config::{Capability, Config, Member};
+use crate::pricing::{self, Moment};
 use crate::server::error::ApiError;
 use crate::stats::{Breaker, now_ms};
 
@@ -181,6 +182,11 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
         .and_then(|g| cfg.groups.get(g))
         .map(|g| &g.filters);
     let now = now_ms();
+    let (day, weekday) = cfg.clock.day(now);
+    let moment = Moment {
+        minute_of_day: day.minute_of_day(now),
+        weekday,
+    };
     let mut candidates: Vec<Candidate> = Vec::with_capacity(members.len());
     let mut chosen: Vec<&Member> = Vec::with_capacity(members.len());
     let mut earliest_recovery: Option<u64> = None;
@@ -203,9 +209,12 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
             && (!facts.needs_vision || ch.has(Capability::Vision))
             && (!facts.needs_json || ch.has(Capability::JsonMode))
             && ch.context_length.is_none_or(|c| needed <= c);
+        let stats = app.stats.channel(&ch.id);
+        let used_share = stats.quota.used_share(ch, day.id);
+        let multiplier = pricing::multiplier(&cfg.policies, ch, moment, used_share);
         let passes_group = filters.is_none_or(|f| {
             f.max_cost_per_1k
-                .is_none_or(|max| ch.effective_cost_per_1k() <= max + 1e-12)
+                .is_none_or(|max| ch.effective_cost_per_1k(multiplier) <= max + 1e-12)
                 && f.min_context_length
                     .is_none_or(|min| ch.context_length.is_none_or(|c| c >= min))
                 && f.capabilities.iter().all(|c| {
@@ -225,7 +234,6 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
             unfit += 1;
             continue;
         }
-        let stats = app.stats.channel(&ch.id);
         let cooling = match stats.breaker(now) {
             Breaker::Open(until) => Some(until),
             _ => stats.cooling(now),
@@ -235,13 +243,10 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
             continue;
         }
         let half_open = stats.breaker(now) == Breaker::HalfOpen;
-        let snap = stats.snapshot(now);
-        if let Some(limit) = ch.daily_limit
-            && snap.used_today >= limit
-        {
+        let snap = stats.snapshot();
+        if used_share.is_some_and(|u| u >= 1.0) {
             continue;
         }
-        let multiplier = ch.cost_multiplier;
         candidates.push(Candidate {
             id: ch.id.clone(),
             provider: ch.provider.clone(),
@@ -250,7 +255,7 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
             weight: m.weight,
             input_cost_per_1k: ch.input_cost_per_1k * multiplier,
             output_cost_per_1k: ch.output_cost_per_1k * multiplier,
-            effective_cost: ch.effective_cost_per_1k(),
+            effective_cost: ch.effective_cost_per_1k(multiplier),
             context_length: ch.context_length,
             latency_ms: snap.latency_ms,
             ttft_ms: snap.ttft_ms,
@@ -258,14 +263,10 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
             success_rate: snap.success_rate,
             in_flight: snap.in_flight,
             consecutive_failures: snap.consecutive_failures,
-            quota_remaining: ch.daily_limit.map(|l| {
-                if l == 0 {
-                    0.0
-                } else {
-                    (l - snap.used_today.min(l)) as f64 / l as f64
-                }
-            }),
-            quota_remaining_requests: ch.daily_limit.map(|l| l.saturating_sub(snap.used_today)),
+            quota_remaining: used_share.map(|u| (1.0 - u).clamp(0.0, 1.0)),
+            quota_remaining_requests: ch
+                .daily_limit
+                .map(|l| l.saturating_sub(stats.quota.requests.used(day.id))),
             health: if half_open {
                 Health::Probing
             } else if snap.success_rate < 0.9 || snap.consecutive_failures > 0 {

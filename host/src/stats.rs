@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::quota::DailyCounter;
+
 /// Weight of the newest sample in the moving averages.
 const ALPHA: f64 = 0.3;
 /// Failures in a row that open a channel's circuit breaker…
@@ -20,7 +22,6 @@ const BREAKER_MAX_OPEN_MS: u64 = 300_000;
 const PROBE_TIMEOUT_MS: u64 = 60_000;
 /// Attempts remembered for the success rate.
 const WINDOW: usize = 32;
-const DAY_MS: u64 = 86_400_000;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -104,8 +105,8 @@ pub enum Breaker {
 #[derive(Default)]
 pub struct ChannelStats {
     in_flight: AtomicU32,
-    quota_day: AtomicU64,
-    quota_used: AtomicU64,
+    /// Today's requests, tokens and micro-dollars against the channel's daily limits.
+    pub quota: Quotas,
     cooldown_until_ms: AtomicU64,
     window: Mutex<Window>,
 }
@@ -119,11 +120,10 @@ pub struct Snapshot {
     pub success_rate: f64,
     pub consecutive_failures: u32,
     pub in_flight: u32,
-    pub used_today: u64,
 }
 
 impl ChannelStats {
-    pub fn snapshot(&self, now_ms: u64) -> Snapshot {
+    pub fn snapshot(&self) -> Snapshot {
         let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
         let successes = w.outcomes[..w.len].iter().filter(|ok| **ok).count();
         Snapshot {
@@ -137,7 +137,6 @@ impl ChannelStats {
             },
             consecutive_failures: w.consecutive_failures,
             in_flight: self.in_flight.load(Ordering::Relaxed),
-            used_today: self.used_today(now_ms),
         }
     }
 
@@ -229,51 +228,6 @@ impl ChannelStats {
         let until = self.cooldown_until_ms.load(Ordering::Relaxed);
         (until > now_ms).then_some(until)
     }
-
-    fn used_today(&self, now_ms: u64) -> u64 {
-        if self.quota_day.load(Ordering::Acquire) == now_ms / DAY_MS {
-            self.quota_used.load(Ordering::Acquire)
-        } else {
-            0
-        }
-    }
-
-    /// Takes one request from today's quota; false when `limit` is reached. Exact under
-    /// concurrency: the check and the increment are one atomic step.
-    pub fn try_reserve(&self, limit: u64, now_ms: u64) -> bool {
-        self.roll_day(now_ms);
-        self.quota_used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                (used < limit).then_some(used + 1)
-            })
-            .is_ok()
-    }
-
-    /// Gives back a reservation whose request never reached the upstream.
-    pub fn release(&self) {
-        let _ = self
-            .quota_used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1));
-    }
-
-    /// Seeds today's count (at start-up, from the usage table).
-    pub fn seed_today(&self, used: u64, now_ms: u64) {
-        self.roll_day(now_ms);
-        self.quota_used.fetch_max(used, Ordering::AcqRel);
-    }
-
-    fn roll_day(&self, now_ms: u64) {
-        let today = now_ms / DAY_MS;
-        let day = self.quota_day.load(Ordering::Acquire);
-        if day != today
-            && self
-                .quota_day
-                .compare_exchange(day, today, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            self.quota_used.store(0, Ordering::Release);
-        }
-    }
 }
 
 fn ewma(old: Option<f64>, sample: f64) -> f64 {
@@ -288,6 +242,105 @@ fn push(w: &mut Window, ok: bool) {
     w.outcomes[i] = ok;
     w.next = (i + 1) % WINDOW;
     w.len = (w.len + 1).min(WINDOW);
+}
+
+/// Daily counters of one channel.
+#[derive(Default)]
+pub struct Quotas {
+    pub requests: DailyCounter,
+    pub tokens: DailyCounter,
+    pub cost_micros: DailyCounter,
+}
+
+/// What one attempt holds against a channel's daily limits until it settles.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reservation {
+    day: u64,
+    requests: u64,
+    tokens: u64,
+    cost_micros: u64,
+}
+
+impl Quotas {
+    /// Reserves one request and the estimated tokens and cost against every limit the channel
+    /// has — all or nothing. `Err` names the limit that is full.
+    pub fn reserve(
+        &self,
+        ch: &crate::config::Channel,
+        day: u64,
+        tokens: u64,
+        cost_micros: u64,
+    ) -> Result<Reservation, &'static str> {
+        let mut r = Reservation {
+            day,
+            ..Reservation::default()
+        };
+        if let Some(limit) = ch.daily_limit {
+            if !self.requests.try_reserve(1, limit, day) {
+                return Err("daily_limit");
+            }
+            r.requests = 1;
+        }
+        if let Some(limit) = ch.daily_token_limit {
+            if !self.tokens.try_reserve(tokens, limit, day) {
+                self.cancel(&r);
+                return Err("daily_token_limit");
+            }
+            r.tokens = tokens;
+        }
+        if let Some(limit) = ch.daily_cost_limit_micros {
+            if !self.cost_micros.try_reserve(cost_micros, limit, day) {
+                self.cancel(&r);
+                return Err("daily_cost_limit");
+            }
+            r.cost_micros = cost_micros;
+        }
+        Ok(r)
+    }
+
+    /// Gives a reservation back whole: the request never reached the upstream.
+    pub fn cancel(&self, r: &Reservation) {
+        self.requests.settle(r.requests, 0, r.day);
+        self.tokens.settle(r.tokens, 0, r.day);
+        self.cost_micros.settle(r.cost_micros, 0, r.day);
+    }
+
+    /// Replaces the estimates with what the call really used; the request itself stays counted.
+    pub fn settle(
+        &self,
+        r: &Reservation,
+        ch: &crate::config::Channel,
+        tokens: u64,
+        cost_micros: u64,
+    ) {
+        if ch.daily_token_limit.is_some() {
+            self.tokens.settle(r.tokens, tokens, r.day);
+        }
+        if ch.daily_cost_limit_micros.is_some() {
+            self.cost_micros.settle(r.cost_micros, cost_micros, r.day);
+        }
+    }
+
+    /// The largest share of any daily limit used today (`None`: the channel has no limits).
+    pub fn used_share(&self, ch: &crate::config::Channel, day: u64) -> Option<f64> {
+        let share = |limit: Option<u64>, counter: &DailyCounter| {
+            limit.map(|l| {
+                if l == 0 {
+                    1.0
+                } else {
+                    counter.used(day) as f64 / l as f64
+                }
+            })
+        };
+        [
+            share(ch.daily_limit, &self.requests),
+            share(ch.daily_token_limit, &self.tokens),
+            share(ch.daily_cost_limit_micros, &self.cost_micros),
+        ]
+        .into_iter()
+        .flatten()
+        .reduce(f64::max)
+    }
 }
 
 /// Decrements the in-flight count when dropped.
@@ -335,32 +388,9 @@ mod tests {
         s.record_success(10.0, None, 0);
         assert_eq!(s.breaker(again), Breaker::Closed);
         assert_eq!(
-            s.snapshot(again).success_rate,
+            s.snapshot().success_rate,
             1.0,
             "the failures that opened it are forgotten"
-        );
-    }
-
-    #[test]
-    fn quota_is_exact_under_concurrency() {
-        let s = Arc::new(ChannelStats::default());
-        let now = now_ms();
-        let granted = AtomicU64::new(0);
-        std::thread::scope(|scope| {
-            for _ in 0..8 {
-                scope.spawn(|| {
-                    for _ in 0..100 {
-                        if s.try_reserve(50, now) {
-                            granted.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                });
-            }
-        });
-        assert_eq!(granted.load(Ordering::Relaxed), 50);
-        assert!(
-            s.try_reserve(50, now + DAY_MS),
-            "a new day resets the quota"
         );
     }
 
@@ -370,7 +400,7 @@ mod tests {
         s.record_success(100.0, None, 0);
         s.record_success(200.0, None, 0);
         s.record_failure(now_ms(), true);
-        let snap = s.snapshot(now_ms());
+        let snap = s.snapshot();
         assert!((snap.success_rate - 2.0 / 3.0).abs() < 1e-9);
         assert!((snap.latency_ms.unwrap_or_default() - 130.0).abs() < 1e-9);
         assert_eq!(snap.consecutive_failures, 1);

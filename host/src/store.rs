@@ -168,17 +168,33 @@ impl Store {
         Ok(())
     }
 
-    /// Attempts per channel since `since_ms` (seeds the daily quotas at start-up).
-    pub async fn attempts_since(&self, since_ms: u64) -> Result<Vec<(String, i64)>, StoreError> {
+    /// Requests, tokens and cost per channel since `since_ms` (seeds the daily limits at start-up).
+    pub async fn used_since(&self, since_ms: u64) -> Result<Vec<ChannelUse>, StoreError> {
         let rows = sqlx::query(
-            "SELECT channel_id, COUNT(*) AS n FROM usage WHERE created_at_ms >= $1 AND channel_id IS NOT NULL GROUP BY channel_id",
+            "SELECT channel_id, COUNT(*) AS n, CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT) AS tokens, \
+             CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS cost FROM usage \
+             WHERE created_at_ms >= $1 AND channel_id IS NOT NULL GROUP BY channel_id",
         )
         .bind(since_ms as i64)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .iter()
-            .map(|r| (r.get::<String, _>("channel_id"), r.get::<i64, _>("n")))
+            .map(|r| ChannelUse {
+                channel: r.get("channel_id"),
+                requests: r.get::<i64, _>("n").max(0) as u64,
+                tokens: r.get::<i64, _>("tokens").max(0) as u64,
+                cost_micros: r.get::<i64, _>("cost").max(0) as u64,
+            })
             .collect())
     }
+}
+
+/// One channel's use over a period.
+#[derive(Debug, Clone)]
+pub struct ChannelUse {
+    pub channel: String,
+    pub requests: u64,
+    pub tokens: u64,
+    pub cost_micros: u64,
 }

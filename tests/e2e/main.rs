@@ -8,6 +8,7 @@ mod components;
 mod failover;
 mod health;
 mod postgres;
+mod quota;
 mod reload;
 mod sdk;
 mod strategies;

@@ -72,8 +72,15 @@ pub struct ChannelEntry {
     pub priority: Option<u32>,
     #[serde(default)]
     pub weight: Option<f64>,
+    /// Requests per local day.
     #[serde(default)]
     pub daily_limit: Option<u64>,
+    /// Prompt + completion tokens per local day.
+    #[serde(default)]
+    pub daily_token_limit: Option<u64>,
+    /// US dollars per local day.
+    #[serde(default)]
+    pub daily_cost_limit: Option<f64>,
     #[serde(default)]
     pub input_cost_per_1k: Option<f64>,
     #[serde(default)]
@@ -172,6 +179,55 @@ pub struct SystemFile {
     pub routing: RoutingSection,
     #[serde(default)]
     pub upstream: UpstreamSection,
+    #[serde(default)]
+    pub quota: QuotaSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSection {
+    /// IANA time zone whose midnight resets daily limits and whose clock pricing windows use
+    /// (default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
+/// `pricing_policies.yaml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingFile {
+    #[serde(default)]
+    pub pricing_policies: Vec<PolicyEntry>,
+}
+
+/// A rule that scales the effective price of matching channels while it applies.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyEntry {
+    pub name: String,
+    /// Channel ids it applies to (omitted: all, narrowed by `providers`).
+    #[serde(default)]
+    pub channels: Option<Vec<String>>,
+    #[serde(default)]
+    pub providers: Option<Vec<String>>,
+    /// Local time of day `{start: "HH:MM", end: "HH:MM"}`; may wrap midnight.
+    #[serde(default)]
+    pub time_window: Option<TimeWindow>,
+    /// Weekdays it applies on (`mon` … `sun`; omitted: every day).
+    #[serde(default)]
+    pub days: Option<Vec<String>>,
+    /// Applies once the channel has used more than this share of its daily limit (0.0–1.0).
+    #[serde(default)]
+    pub quota_used_above: Option<f64>,
+    /// Price factor while the policy applies.
+    pub multiplier: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeWindow {
+    pub start: String,
+    pub end: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::files::{ChannelEntry, GroupsFile, ProvidersFile, SystemFile};
+use super::files::{ChannelEntry, GroupsFile, PricingFile, ProvidersFile, SystemFile};
 use super::{Channel, Config, ConfigError, Group, Member, Provider, Secret, System};
 
 const PROVIDERS: &str = "providers.yaml";
@@ -18,6 +18,7 @@ pub fn resolve(
     providers_file: ProvidersFile,
     groups_file: GroupsFile,
     system_file: SystemFile,
+    pricing: PricingFile,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
     let system = system(dir, system_file)?;
@@ -224,6 +225,13 @@ pub fn resolve(
         }
     }
 
+    let policies = pricing
+        .pricing_policies
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| crate::pricing::Policy::parse(i, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let clock = crate::quota::DayClock::new(system.timezone.clone());
     Ok(Config {
         dir: dir.to_path_buf(),
         system,
@@ -231,6 +239,8 @@ pub fn resolve(
         channels,
         groups,
         models,
+        policies,
+        clock,
         warnings,
     })
 }
@@ -243,6 +253,8 @@ fn new_channel(id: String, provider: String, model: String) -> Channel {
         priority: 1,
         weight: 1.0,
         daily_limit: None,
+        daily_token_limit: None,
+        daily_cost_limit_micros: None,
         input_cost_per_1k: 0.0,
         output_cost_per_1k: 0.0,
         cost_multiplier: 1.0,
@@ -376,6 +388,19 @@ fn merge(channel: &mut Channel, ch: &ChannelEntry, field: &str) -> Result<(), Co
         }
         channel.daily_limit = Some(v);
     }
+    if let Some(v) = ch.daily_token_limit {
+        if channel.daily_token_limit.is_some_and(|x| x != v) {
+            return Err(conflict("daily_token_limit"));
+        }
+        channel.daily_token_limit = Some(v);
+    }
+    if let Some(v) = price(field, "daily_cost_limit", ch.daily_cost_limit)? {
+        let micros = (v * 1_000_000.0).round() as u64;
+        if channel.daily_cost_limit_micros.is_some_and(|x| x != micros) {
+            return Err(conflict("daily_cost_limit"));
+        }
+        channel.daily_cost_limit_micros = Some(micros);
+    }
     if let Some(v) = price(field, "input_cost_per_1k", ch.input_cost_per_1k)? {
         channel.input_cost_per_1k = v;
     }
@@ -429,7 +454,18 @@ fn system(dir: &Path, f: SystemFile) -> Result<System, ConfigError> {
             "must be at least 1",
         ));
     }
+    let timezone = match f.quota.timezone.as_deref() {
+        None | Some("UTC") => jiff::tz::TimeZone::UTC,
+        Some(name) => jiff::tz::TimeZone::get(name).map_err(|e| {
+            ConfigError::at(
+                SYSTEM,
+                "quota.timezone",
+                format!("`{name}` is not a known time zone: {e}"),
+            )
+        })?,
+    };
     Ok(System {
+        timezone,
         listen: f.server.listen,
         max_body_bytes: f.server.max_body_bytes.unwrap_or(16 << 20),
         components_dir,
@@ -501,9 +537,14 @@ mod tests {
     fn load(providers: &str, groups: &str) -> Result<Config, ConfigError> {
         let p: ProvidersFile = parse_str(PROVIDERS, providers)?;
         let g: GroupsFile = parse_str(GROUPS, groups)?;
-        resolve(Path::new("/cfg"), p, g, SystemFile::default(), &|n| {
-            (n == "SET").then(|| "sk-123".to_string())
-        })
+        resolve(
+            Path::new("/cfg"),
+            p,
+            g,
+            SystemFile::default(),
+            PricingFile::default(),
+            &|n| (n == "SET").then(|| "sk-123".to_string()),
+        )
     }
 
     const BRIEF: &str = r#"
@@ -585,8 +626,7 @@ model_groups:
         let mut ch = new_channel("a".into(), "p".into(), "m".into());
         ch.input_cost_per_1k = 0.15;
         ch.output_cost_per_1k = 0.6;
-        ch.cost_multiplier = 0.5;
         // (1000*0.15 + 500*0.6)/1000 * 0.5 = 0.225 $
-        assert_eq!(ch.cost_micros(1000, 500), 225_000);
+        assert_eq!(ch.cost_micros(1000, 500, 0.5), 225_000);
     }
 }
