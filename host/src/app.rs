@@ -39,6 +39,7 @@ pub struct App {
     pub components: ArcSwap<Components>,
     pub runtime: Arc<Runtime>,
     pub stats: Stats,
+    pub budgets: crate::budget::Budgets,
     pub store: Store,
     pub usage: UsageSink,
     pub upstream: Upstream,
@@ -181,6 +182,18 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         .unwrap_or_else(|| "127.0.0.1:8000".into());
     let max_body = cfg.system.max_body_bytes;
 
+    // Spending so far, so budgets survive a restart.
+    let budgets = crate::budget::Budgets::default();
+    let (today, _) = cfg.clock.day(now_ms());
+    let spent_today: HashMap<_, _> = store
+        .spend_since(today.start_ms)
+        .await?
+        .into_iter()
+        .collect();
+    for (owner, this_month) in store.spend_since(today.month_start_ms).await? {
+        let day = spent_today.get(&owner).copied().unwrap_or(0);
+        budgets.seed(owner, &today, day, this_month);
+    }
     // Today's use so far, so daily limits survive a restart.
     let stats = Stats::default();
     let (day, _) = cfg.clock.day(now_ms());
@@ -196,6 +209,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         components: ArcSwap::from_pointee(comps),
         runtime,
         stats,
+        budgets,
         store,
         usage,
         upstream,

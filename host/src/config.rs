@@ -100,6 +100,7 @@ pub struct Channel {
     pub daily_limit: Option<u64>,
     pub daily_token_limit: Option<u64>,
     pub daily_cost_limit_micros: Option<u64>,
+    pub monthly_cost_limit_micros: Option<u64>,
     pub input_cost_per_1k: f64,
     pub output_cost_per_1k: f64,
     pub cost_multiplier: f64,
@@ -161,6 +162,7 @@ pub struct Group {
     /// Strategy parameters as a JSON object, serialised once.
     pub params_json: String,
     pub filters: Filters,
+    pub budget: crate::budget::Limits,
     pub members: Vec<Member>,
 }
 

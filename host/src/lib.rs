@@ -2,6 +2,7 @@
 //! adapters are WebAssembly components.
 
 pub mod app;
+pub mod budget;
 pub mod components;
 pub mod config;
 pub mod pricing;

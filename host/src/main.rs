@@ -57,6 +57,12 @@ enum KeysCommand {
         /// Comma-separated models and groups the key may use (default: all).
         #[arg(long)]
         models: Option<String>,
+        /// Most the key may spend per day, in US dollars.
+        #[arg(long)]
+        daily_budget: Option<f64>,
+        /// Most the key may spend per month, in US dollars.
+        #[arg(long)]
+        monthly_budget: Option<f64>,
         #[arg(
             long,
             env = "DATABASE_URL",
@@ -117,6 +123,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 KeysCommand::Create {
                     name,
                     models,
+                    daily_budget,
+                    monthly_budget,
                     database,
                 },
         } => {
@@ -130,7 +138,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let hash = smart_router::app::hex(&Sha256::digest(key.as_bytes()));
             let id = format!("key_{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff);
             store
-                .create_key(&id, &name, &hash, models.as_deref())
+                .create_key(
+                    &id,
+                    &name,
+                    &hash,
+                    models.as_deref(),
+                    smart_router::budget::Limits {
+                        daily_micros: daily_budget.map(|d| (d * 1e6).round().max(0.0) as u64),
+                        monthly_micros: monthly_budget.map(|d| (d * 1e6).round().max(0.0) as u64),
+                    },
+                )
                 .await?;
             println!("{key}");
             eprintln!("created key `{name}` ({id}); it is shown only now and stored as a hash");

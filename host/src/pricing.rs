@@ -174,6 +174,7 @@ mod tests {
             daily_limit: None,
             daily_token_limit: None,
             daily_cost_limit_micros: None,
+            monthly_cost_limit_micros: None,
             input_cost_per_1k: 1.0,
             output_cost_per_1k: 1.0,
             cost_multiplier: 2.0,

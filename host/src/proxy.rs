@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::app::{App, Counters};
+use crate::budget::{Hold, Limits, Owner};
 use crate::components::adapter_api::exports::smart_router::gateway::translation::{
     ErrorClass, ProviderError, RequestContext, Usage,
 };
@@ -23,6 +24,8 @@ use crate::upstream::{UpstreamError, read_body};
 
 /// Completion tokens assumed for a quota reservation when the request sets no `max_tokens`.
 const DEFAULT_OUTPUT_ESTIMATE: u32 = 256;
+/// Completion tokens a budget hold assumes when the request sets no `max_tokens`.
+const BUDGET_OUTPUT_ESTIMATE: u32 = 1024;
 /// Cooldown after a 429 that names no `Retry-After`.
 const DEFAULT_RATE_LIMIT_MS: u64 = 10_000;
 /// Cooldown after the account's key is refused or out of credit (or the model is missing).
@@ -40,6 +43,7 @@ pub struct RequestScope {
     pub body: String,
     pub request_id: String,
     pub key_id: String,
+    pub key_budget: crate::budget::Limits,
     pub group: Option<String>,
 }
 
@@ -68,6 +72,7 @@ pub(crate) struct Attempt {
     /// The price factor in force when the attempt started (channel multiplier × policies).
     pub multiplier: f64,
     pub reservation: Reservation,
+    pub hold: Hold,
 }
 
 /// Tries channel `idx` as attempt `number`.
@@ -140,7 +145,34 @@ pub async fn attempt(
             ));
         }
     };
-    let unreserve = |stats: &ChannelStats| stats.quota.cancel(&reservation);
+    // Budgets hold an upper bound: a generous prompt estimate and the most the answer may cost.
+    let budget_estimate = channel
+        .cost_micros(
+            prompt_estimate + prompt_estimate / 4 + 1,
+            u64::from(
+                scope
+                    .facts
+                    .max_output_tokens
+                    .unwrap_or(BUDGET_OUTPUT_ESTIMATE),
+            ),
+            multiplier,
+        )
+        .max(0) as u64;
+    let hold = match scope
+        .app
+        .budgets
+        .hold(&budgets_of(scope, &channel), &day, budget_estimate)
+    {
+        Ok(h) => h,
+        Err(exceeded) => {
+            stats.quota.cancel(&reservation);
+            return Err(retry("budget", exceeded.to_string(), None));
+        }
+    };
+    let unreserve = |stats: &ChannelStats| {
+        stats.quota.cancel(&reservation);
+        scope.app.budgets.release(&hold);
+    };
     let ctx = RequestContext {
         model: channel.model.clone(),
         is_stream: scope.facts.is_stream,
@@ -180,6 +212,7 @@ pub async fn attempt(
         started_ms: now,
         multiplier,
         reservation,
+        hold,
     };
     let guard = stats.enter();
     let first_byte = scope.cfg.system.first_byte_timeout;
@@ -191,7 +224,9 @@ pub async fn attempt(
     {
         Ok(r) => r,
         Err(UpstreamError::InvalidRequest(why)) => {
-            unreserve(&stats);
+            // Nothing was sent: give the quota and budgets back whole.
+            att.stats.quota.cancel(&att.reservation);
+            scope.app.budgets.release(&att.hold);
             return Err(adapter_failed(
                 &scope.app,
                 CallError::Malformed {
@@ -265,7 +300,8 @@ impl Attempt {
         }
     }
 
-    /// The attempt's usage row; settles its quota reservation, so call it once, at the end.
+    /// The attempt's usage row; settles its quota reservation and budget holds, so call it once,
+    /// at the end.
     fn record(
         &self,
         status: u16,
@@ -280,13 +316,17 @@ impl Attempt {
             (u64::from(u.prompt_tokens), u64::from(u.completion_tokens))
         });
         let cost_micros = self.channel.cost_micros(p, c, self.multiplier);
-        // The attempt is over: its quota reservation becomes what it really used.
+        // The attempt is over: its quota reservation and budget holds become what it really used.
         self.stats.quota.settle(
             &self.reservation,
             &self.channel,
             p + c,
             cost_micros.max(0) as u64,
         );
+        self.scope
+            .app
+            .budgets
+            .settle(&self.hold, cost_micros.max(0) as u64);
         UsageRecord {
             request_id: s.request_id.clone(),
             attempt: self.number,
@@ -410,6 +450,22 @@ impl Attempt {
             perr.retry_after_ms,
         )
     }
+}
+
+/// The budgets an attempt on `channel` spends from: the key's, the group's, the channel's.
+fn budgets_of(scope: &RequestScope, channel: &Channel) -> Vec<(Owner, Limits)> {
+    let mut out = vec![(Owner::Key(scope.key_id.clone()), scope.key_budget)];
+    if let Some(g) = scope.group.as_ref().and_then(|g| scope.cfg.groups.get(g)) {
+        out.push((Owner::Group(g.name.clone()), g.budget));
+    }
+    out.push((
+        Owner::Channel(channel.id.clone()),
+        Limits {
+            daily_micros: None,
+            monthly_micros: channel.monthly_cost_limit_micros,
+        },
+    ));
+    out
 }
 
 fn retry(class: &'static str, message: impl Into<String>, retry_after_ms: Option<u64>) -> Failure {

@@ -13,6 +13,8 @@ pub struct Day {
     pub id: u64,
     pub start_ms: u64,
     pub end_ms: u64,
+    /// Start of the local month the day is in (the id of monthly counters).
+    pub month_start_ms: u64,
 }
 
 impl Day {
@@ -35,6 +37,13 @@ impl DayClock {
             tz,
             cached: Mutex::new(None),
         }
+    }
+
+    /// The local calendar date (`2026-11-26`) of an instant.
+    pub fn date_of(&self, ms: u64) -> String {
+        jiff::Timestamp::from_millisecond(ms as i64)
+            .map(|ts| ts.to_zoned_datetime(self.tz.clone()).date().to_string())
+            .unwrap_or_default()
     }
 
     /// The local day containing `now_ms`, and its weekday.
@@ -60,6 +69,7 @@ fn compute(tz: &TimeZone, now_ms: u64) -> (Day, jiff::civil::Weekday) {
                 id: start,
                 start_ms: start,
                 end_ms: start + 86_400_000,
+                month_start_ms: start,
             },
             jiff::civil::Weekday::Monday,
         )
@@ -76,11 +86,17 @@ fn compute(tz: &TimeZone, now_ms: u64) -> (Day, jiff::civil::Weekday) {
     };
     let start_ms = start.timestamp().as_millisecond().max(0) as u64;
     let end_ms = end.timestamp().as_millisecond().max(0) as u64;
+    let month_start_ms = zoned
+        .first_of_month()
+        .and_then(|m| m.start_of_day())
+        .map(|m| m.timestamp().as_millisecond().max(0) as u64)
+        .unwrap_or(start_ms);
     (
         Day {
             id: start_ms,
             start_ms,
             end_ms,
+            month_start_ms,
         },
         zoned.weekday(),
     )

@@ -1,5 +1,6 @@
 //! The HTTP surface: `/v1/chat/completions`, `/v1/models`, `/health`.
 
+mod admin;
 mod auth;
 mod chat;
 pub mod error;
@@ -25,6 +26,9 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .route("/health", get(health))
+        .route("/admin/stats", get(admin::stats))
+        .route("/admin/stats/daily", get(admin::daily))
+        .route("/admin/channels", get(admin::channels))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(app)

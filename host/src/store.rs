@@ -28,8 +28,17 @@ pub enum Backend {
 }
 
 /// Embedded migrations, per backend: (version, SQL).
-const SQLITE: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
-const POSTGRES: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+const SQLITE: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_key_budgets.sql")),
+];
+const POSTGRES: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../migrations/postgres/0002_key_budgets.sql"),
+    ),
+];
 
 /// A gateway key as stored (never the key itself).
 #[derive(Debug, Clone)]
@@ -38,6 +47,8 @@ pub struct KeyRecord {
     pub name: String,
     /// Models and groups the key may use; `None` = all.
     pub allowed_models: Option<Vec<String>>,
+    /// The key's budget.
+    pub budget: crate::budget::Limits,
 }
 
 /// The database.
@@ -132,7 +143,7 @@ impl Store {
     /// Looks a key up by its SHA-256 hash (hex).
     pub async fn find_key(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, name, allowed_models FROM api_keys WHERE key_hash = $1 AND disabled = 0",
+            "SELECT id, name, allowed_models, budget_daily_micros, budget_monthly_micros FROM api_keys WHERE key_hash = $1 AND disabled = 0",
         )
         .bind(key_hash)
         .fetch_optional(&self.pool)
@@ -146,23 +157,34 @@ impl Store {
                     .filter(|m| !m.is_empty())
                     .collect()
             }),
+            budget: crate::budget::Limits {
+                daily_micros: r
+                    .get::<Option<i64>, _>("budget_daily_micros")
+                    .map(|v| v.max(0) as u64),
+                monthly_micros: r
+                    .get::<Option<i64>, _>("budget_monthly_micros")
+                    .map(|v| v.max(0) as u64),
+            },
         }))
     }
 
-    /// Stores a new key's hash.
+    /// Stores a new key's hash, with its allowed models and budget.
     pub async fn create_key(
         &self,
         id: &str,
         name: &str,
         key_hash: &str,
         allowed_models: Option<&str>,
+        budget: crate::budget::Limits,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO api_keys (id, name, key_hash, allowed_models, created_at_ms, disabled) VALUES ($1, $2, $3, $4, $5, 0)")
+        sqlx::query("INSERT INTO api_keys (id, name, key_hash, allowed_models, created_at_ms, disabled, budget_daily_micros, budget_monthly_micros) VALUES ($1, $2, $3, $4, $5, 0, $6, $7)")
             .bind(id)
             .bind(name)
             .bind(key_hash)
             .bind(allowed_models)
             .bind(crate::stats::now_ms() as i64)
+            .bind(budget.daily_micros.map(|v| v as i64))
+            .bind(budget.monthly_micros.map(|v| v as i64))
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -185,6 +207,85 @@ impl Store {
                 requests: r.get::<i64, _>("n").max(0) as u64,
                 tokens: r.get::<i64, _>("tokens").max(0) as u64,
                 cost_micros: r.get::<i64, _>("cost").max(0) as u64,
+            })
+            .collect())
+    }
+}
+
+impl Store {
+    /// Micro-dollars spent since `since_ms` per key, group and channel (seeds budgets at start-up).
+    pub async fn spend_since(
+        &self,
+        since_ms: u64,
+    ) -> Result<Vec<(crate::budget::Owner, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT 'key' AS kind, key_id AS name, CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS spent FROM usage WHERE created_at_ms >= $1 GROUP BY key_id \
+             UNION ALL SELECT 'group', group_name, CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) FROM usage WHERE created_at_ms >= $1 AND group_name IS NOT NULL GROUP BY group_name \
+             UNION ALL SELECT 'channel', channel_id, CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) FROM usage WHERE created_at_ms >= $1 AND channel_id IS NOT NULL GROUP BY channel_id",
+        )
+        .bind(since_ms as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        use crate::budget::Owner;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let name: String = r.get("name");
+                let owner = match r.get::<String, _>("kind").as_str() {
+                    "key" => Owner::Key(name),
+                    "group" => Owner::Group(name),
+                    _ => Owner::Channel(name),
+                };
+                (owner, r.get::<i64, _>("spent").max(0) as u64)
+            })
+            .collect())
+    }
+}
+
+/// One usage row, as the statistics API reads it.
+#[derive(Debug, Clone)]
+pub struct StatRow {
+    pub request_id: String,
+    pub created_at_ms: u64,
+    pub key_id: String,
+    pub requested_model: String,
+    pub group_name: Option<String>,
+    pub channel_id: Option<String>,
+    pub provider: Option<String>,
+    pub success: bool,
+    pub latency_ms: u64,
+    pub ttft_ms: Option<u64>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_micros: i64,
+}
+
+impl Store {
+    /// Usage rows since `since_ms`, oldest first.
+    pub async fn rows_since(&self, since_ms: u64) -> Result<Vec<StatRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT request_id, created_at_ms, key_id, requested_model, group_name, channel_id, provider, outcome, latency_ms, ttft_ms, \
+             prompt_tokens, completion_tokens, cost_micros FROM usage WHERE created_at_ms >= $1 ORDER BY created_at_ms",
+        )
+        .bind(since_ms as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StatRow {
+                request_id: r.get("request_id"),
+                created_at_ms: r.get::<i64, _>("created_at_ms").max(0) as u64,
+                key_id: r.get("key_id"),
+                requested_model: r.get("requested_model"),
+                group_name: r.get("group_name"),
+                channel_id: r.get("channel_id"),
+                provider: r.get("provider"),
+                success: r.get::<String, _>("outcome") == "success",
+                latency_ms: r.get::<i64, _>("latency_ms").max(0) as u64,
+                ttft_ms: r.get::<Option<i64>, _>("ttft_ms").map(|t| t.max(0) as u64),
+                prompt_tokens: r.get::<i64, _>("prompt_tokens").max(0) as u64,
+                completion_tokens: r.get::<i64, _>("completion_tokens").max(0) as u64,
+                cost_micros: r.get("cost_micros"),
             })
             .collect())
     }

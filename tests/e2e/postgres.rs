@@ -71,7 +71,7 @@ async fn usage_and_keys_work_on_postgres() {
 
     gw.app
         .store
-        .create_key("key_pg", "pg", "abc123", Some("g"))
+        .create_key("key_pg", "pg", "abc123", Some("g"), Default::default())
         .await
         .expect("create key");
     let key = gw

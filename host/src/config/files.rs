@@ -81,6 +81,9 @@ pub struct ChannelEntry {
     /// US dollars per local day.
     #[serde(default)]
     pub daily_cost_limit: Option<f64>,
+    /// US dollars per local month.
+    #[serde(default)]
+    pub monthly_cost_limit: Option<f64>,
     #[serde(default)]
     pub input_cost_per_1k: Option<f64>,
     #[serde(default)]
@@ -138,9 +141,22 @@ pub struct GroupEntry {
     pub strategy_params: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     pub filters: Filters,
+    /// Spending limits for the whole group, in US dollars.
+    #[serde(default)]
+    pub budget: Option<BudgetEntry>,
     /// The channels of the group. Omitted: every channel, narrowed by `filters`.
     #[serde(default)]
     pub channels: Option<Vec<ChannelEntry>>,
+}
+
+/// A budget in US dollars.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetEntry {
+    #[serde(default)]
+    pub daily: Option<f64>,
+    #[serde(default)]
+    pub monthly: Option<f64>,
 }
 
 /// Host-side filters applied before the strategy.

@@ -207,6 +207,7 @@ pub fn resolve(
                 strategy,
                 params_json: serde_json::Value::Object(params).to_string(),
                 filters: entry.filters,
+                budget: budget_limits(&name, entry.budget)?,
                 members,
             },
         );
@@ -245,6 +246,30 @@ pub fn resolve(
     })
 }
 
+fn budget_limits(
+    group: &str,
+    b: Option<super::files::BudgetEntry>,
+) -> Result<crate::budget::Limits, ConfigError> {
+    let Some(b) = b else {
+        return Ok(crate::budget::Limits::default());
+    };
+    let micros = |v: Option<f64>, period: &str| -> Result<Option<u64>, ConfigError> {
+        match v {
+            Some(x) if !(x.is_finite() && x >= 0.0) => Err(ConfigError::at(
+                GROUPS,
+                format!("model_groups.{group}.budget.{period}"),
+                "must be a number ≥ 0 (US dollars)",
+            )),
+            Some(x) => Ok(Some((x * 1_000_000.0).round() as u64)),
+            None => Ok(None),
+        }
+    };
+    Ok(crate::budget::Limits {
+        daily_micros: micros(b.daily, "daily")?,
+        monthly_micros: micros(b.monthly, "monthly")?,
+    })
+}
+
 fn new_channel(id: String, provider: String, model: String) -> Channel {
     Channel {
         id,
@@ -255,6 +280,7 @@ fn new_channel(id: String, provider: String, model: String) -> Channel {
         daily_limit: None,
         daily_token_limit: None,
         daily_cost_limit_micros: None,
+        monthly_cost_limit_micros: None,
         input_cost_per_1k: 0.0,
         output_cost_per_1k: 0.0,
         cost_multiplier: 1.0,
@@ -400,6 +426,16 @@ fn merge(channel: &mut Channel, ch: &ChannelEntry, field: &str) -> Result<(), Co
             return Err(conflict("daily_cost_limit"));
         }
         channel.daily_cost_limit_micros = Some(micros);
+    }
+    if let Some(v) = price(field, "monthly_cost_limit", ch.monthly_cost_limit)? {
+        let micros = (v * 1_000_000.0).round() as u64;
+        if channel
+            .monthly_cost_limit_micros
+            .is_some_and(|x| x != micros)
+        {
+            return Err(conflict("monthly_cost_limit"));
+        }
+        channel.monthly_cost_limit_micros = Some(micros);
     }
     if let Some(v) = price(field, "input_cost_per_1k", ch.input_cost_per_1k)? {
         channel.input_cost_per_1k = v;

@@ -16,6 +16,10 @@ pub struct Caller {
     pub key_id: String,
     /// `None`: every model and group.
     pub allowed: Option<Vec<String>>,
+    /// The key's budget.
+    pub budget: crate::budget::Limits,
+    /// May use the admin API (the master key).
+    pub admin: bool,
 }
 
 impl Caller {
@@ -68,6 +72,8 @@ impl FromRequestParts<Arc<App>> for Caller {
                 return Ok(Caller {
                     key_id: "master".into(),
                     allowed: None,
+                    budget: crate::budget::Limits::default(),
+                    admin: true,
                 });
             }
         }
@@ -75,6 +81,8 @@ impl FromRequestParts<Arc<App>> for Caller {
             Ok(Some(rec)) => Ok(Caller {
                 key_id: rec.id,
                 allowed: rec.allowed_models,
+                budget: rec.budget,
+                admin: false,
             }),
             Ok(None) => Err(ApiError::unauthorized("Incorrect API key provided.")),
             Err(e) => {

@@ -93,6 +93,7 @@ async fn handle(
         body: text.to_string(),
         request_id: request_id.to_string(),
         key_id: caller.key_id,
+        key_budget: caller.budget,
     });
 
     let mut failures: Vec<(String, &'static str, String, Option<u64>)> = Vec::new();
@@ -140,7 +141,14 @@ fn all_failed(failures: &[(String, &'static str, String, Option<u64>)]) -> ApiEr
             .iter()
             .all(|f| matches!(f.1, "rate_limited" | "cooling_down"));
     let message = format!("All {} channel(s) tried failed. {summary}", failures.len());
-    if limited {
+    if all("budget") {
+        ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient_quota",
+            Some("budget_exceeded"),
+            message,
+        )
+    } else if limited {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
