@@ -52,7 +52,21 @@ pub struct App {
 const KEY_TTL: Duration = Duration::from_secs(30);
 
 impl App {
+    /// Swaps in a new configuration. Channels whose provider changed its key or base URL get a
+    /// fresh start: a cooldown earned by the old key (refused, out of credit) is lifted.
     pub fn install_config(&self, cfg: Config) {
+        let old = self.config.load();
+        for ch in &cfg.channels {
+            let (Some(new_p), Some(old_p)) = (
+                cfg.providers.get(&ch.provider),
+                old.providers.get(&ch.provider),
+            ) else {
+                continue;
+            };
+            if new_p.api_key != old_p.api_key || new_p.base_url != old_p.base_url {
+                self.stats.channel(&ch.id).clear_cooldown();
+            }
+        }
         self.config.store(Arc::new(cfg));
     }
 
@@ -223,6 +237,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         );
     }
     let watcher = crate::reload::watch(app.clone())?;
+    crate::health::spawn(app.clone());
     let listener = TcpListener::bind(&listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;

@@ -74,6 +74,9 @@ pub struct System {
     pub max_response_bytes: usize,
     /// Whose midnight resets daily limits and whose clock pricing windows read.
     pub timezone: jiff::tz::TimeZone,
+    /// Time between active health-check rounds; `None`: off.
+    pub health_interval: Option<Duration>,
+    pub health_include_paid: bool,
 }
 
 /// A provider account.
@@ -111,6 +114,8 @@ pub struct Channel {
     pub disabled: Option<String>,
     /// A 429 on a sibling channel does not cool this one down.
     pub separate_rate_limit: bool,
+    /// Explicit opt-in or opt-out of active health checks.
+    pub health_check: Option<bool>,
 }
 
 impl Channel {

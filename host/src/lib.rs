@@ -5,6 +5,7 @@ pub mod app;
 pub mod budget;
 pub mod components;
 pub mod config;
+pub mod health;
 pub mod pricing;
 pub mod proxy;
 pub mod quota;

@@ -182,6 +182,7 @@ mod tests {
             capabilities: None,
             disabled: None,
             separate_rate_limit: false,
+            health_check: None,
         }
     }
 

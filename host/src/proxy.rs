@@ -28,8 +28,9 @@ const DEFAULT_OUTPUT_ESTIMATE: u32 = 256;
 const BUDGET_OUTPUT_ESTIMATE: u32 = 1024;
 /// Cooldown after a 429 that names no `Retry-After`.
 const DEFAULT_RATE_LIMIT_MS: u64 = 10_000;
-/// Cooldown after the account's key is refused or out of credit (or the model is missing).
-const ACCOUNT_FAILURE_MS: u64 = 300_000;
+/// How long an account whose key is refused or out of credit (or a missing model) stays parked:
+/// until its configuration changes, or this long — after which one real request probes it.
+const ACCOUNT_FAILURE_MS: u64 = 3_600_000;
 
 /// Largest error body read from an upstream.
 const ERROR_BODY_LIMIT: usize = 256 << 10;

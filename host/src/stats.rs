@@ -217,6 +217,11 @@ impl ChannelStats {
         true
     }
 
+    /// Lifts a cooldown (the channel's configuration changed).
+    pub fn clear_cooldown(&self) {
+        self.cooldown_until_ms.store(0, Ordering::Relaxed);
+    }
+
     /// Parks the channel until `until_ms` (never shortens an existing cooldown).
     pub fn cool_down(&self, until_ms: u64) {
         self.cooldown_until_ms

@@ -94,3 +94,94 @@ async fn a_dead_channel_opens_its_breaker_and_returns_only_through_half_open() {
         assert_eq!(route(&gw).await, "one/a", "closed again");
     }
 }
+
+#[tokio::test]
+async fn active_health_checks_probe_free_channels_only() {
+    let mock = MockUpstream::start().await;
+    mock.set(
+        "free",
+        Behaviour::Fail {
+            status: 500,
+            body: json!({"error": {"message": "down", "type": "server_error"}}),
+            headers: vec![],
+        },
+    );
+    let providers = format!(
+        "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    channels:\n      - {{ model: free }}\n      - {{ model: paid, input_cost_per_1k: 0.01 }}\n      - {{ model: opted-in, input_cost_per_1k: 0.01, health_check: true }}\n",
+        mock.base_url()
+    );
+    let gw = Gateway::builder()
+        .providers(&providers)
+        .system("components_dir: components\nhealth_checks:\n  interval_secs: 1\n")
+        .start()
+        .await;
+    let probed = gw
+        .eventually(Duration::from_secs(6), || async {
+            mock.calls("free").len() >= 2 && !mock.calls("opted-in").is_empty()
+        })
+        .await;
+    assert!(
+        probed,
+        "free and opted-in channels are probed on the schedule"
+    );
+    assert!(
+        mock.calls("paid").is_empty(),
+        "paid channels are not probed by default"
+    );
+    assert_eq!(mock.calls("free")[0].body["max_tokens"], 1);
+    use sqlx::Row;
+    let rows = gw
+        .rows("SELECT key_id, outcome, error_class FROM usage WHERE channel_id = 'up/free'")
+        .await;
+    assert!(
+        rows.iter()
+            .all(|r| r.get::<String, _>("key_id") == "health-check"
+                && r.get::<String, _>("outcome") == "error")
+    );
+    let snap = gw.app.stats.channel("up/free").snapshot();
+    assert!(
+        snap.consecutive_failures >= 2,
+        "probe failures count in the live statistics"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_key_parks_the_account_until_its_config_changes() {
+    let mock = MockUpstream::start().await;
+    mock.set("a", Behaviour::Fail { status: 401, body: json!({"error": {"message": "Incorrect API key", "type": "invalid_request_error", "code": "invalid_api_key"}}), headers: vec![] });
+    let providers = |key: &str| {
+        format!(
+            "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    api_key: {key}\n    channels: [{{ model: a }}, {{ model: b }}]\n",
+            mock.base_url()
+        )
+    };
+    let gw = Gateway::builder()
+        .providers(&providers("sk-old-key-1234"))
+        .start()
+        .await;
+    let ask = |m: &'static str| {
+        gw.chat(json!({"model": m, "messages": [{"role": "user", "content": "x"}]}))
+    };
+    assert_eq!(ask("a").await.status(), 502);
+    // The whole account (b too) is parked: its key was refused.
+    let parked = ask("b").await;
+    assert_eq!(parked.status(), 429);
+    assert!(parked.headers().contains_key("retry-after"));
+    assert!(mock.calls("b").is_empty());
+
+    mock.set("a", Behaviour::Ok);
+    gw.write_atomic(
+        &gw.config.join("providers.yaml"),
+        providers("sk-new-key-5678").as_bytes(),
+    );
+    let back = gw
+        .eventually(Duration::from_secs(5), || async {
+            ask("b").await.status() == 200
+        })
+        .await;
+    assert!(back, "a new key lifts the account's cooldown");
+    assert_eq!(
+        mock.calls("b")[0].headers["authorization"],
+        "Bearer sk-new-key-5678"
+    );
+}

@@ -84,6 +84,9 @@ pub struct ChannelEntry {
     /// US dollars per local month.
     #[serde(default)]
     pub monthly_cost_limit: Option<f64>,
+    /// Probe this channel on the `health_checks` schedule (default: free channels only).
+    #[serde(default)]
+    pub health_check: Option<bool>,
     #[serde(default)]
     pub input_cost_per_1k: Option<f64>,
     #[serde(default)]
@@ -197,6 +200,20 @@ pub struct SystemFile {
     pub upstream: UpstreamSection,
     #[serde(default)]
     pub quota: QuotaSection,
+    #[serde(default)]
+    pub health_checks: HealthChecksSection,
+}
+
+/// Active health checks: a one-token request to each eligible channel on a schedule.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthChecksSection {
+    /// Seconds between rounds; omitted or 0: off.
+    #[serde(default)]
+    pub interval_secs: Option<u64>,
+    /// Probe paid channels too (by default only free ones, and those with `health_check: true`).
+    #[serde(default)]
+    pub include_paid: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -288,6 +288,7 @@ fn new_channel(id: String, provider: String, model: String) -> Channel {
         capabilities: None,
         disabled: None,
         separate_rate_limit: false,
+        health_check: None,
     }
 }
 
@@ -464,6 +465,9 @@ fn merge(channel: &mut Channel, ch: &ChannelEntry, field: &str) -> Result<(), Co
     if let Some(v) = ch.separate_rate_limit {
         channel.separate_rate_limit = v;
     }
+    if let Some(v) = ch.health_check {
+        channel.health_check = Some(v);
+    }
     Ok(())
 }
 
@@ -502,6 +506,12 @@ fn system(dir: &Path, f: SystemFile) -> Result<System, ConfigError> {
     };
     Ok(System {
         timezone,
+        health_interval: f
+            .health_checks
+            .interval_secs
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
+        health_include_paid: f.health_checks.include_paid,
         listen: f.server.listen,
         max_body_bytes: f.server.max_body_bytes.unwrap_or(16 << 20),
         components_dir,
