@@ -13,7 +13,7 @@ use crate::budget::{Hold, Limits, Owner};
 use crate::components::adapter_api::exports::smart_router::gateway::translation::{
     ErrorClass, ProviderError, RequestContext, Usage,
 };
-use crate::components::{CallError, Components};
+use crate::components::{AdapterComponent, CallError, Components};
 use crate::config::{Channel, Config, Provider};
 use crate::pricing::{self, Moment};
 use crate::router::Facts;
@@ -184,7 +184,7 @@ pub async fn attempt(
         Ok(s) => s,
         Err(e) => {
             unreserve(&stats);
-            return Err(adapter_failed(&scope.app, e));
+            return Err(adapter_failed(&scope.app, &adapter, e));
         }
     };
     let http = match session.translate_request(&ctx, &scope.body) {
@@ -200,7 +200,7 @@ pub async fn attempt(
         }
         Err(e) => {
             unreserve(&stats);
-            return Err(adapter_failed(&scope.app, e));
+            return Err(adapter_failed(&scope.app, &adapter, e));
         }
     };
     let att = Attempt {
@@ -230,6 +230,7 @@ pub async fn attempt(
             scope.app.budgets.release(&att.hold);
             return Err(adapter_failed(
                 &scope.app,
+                &adapter,
                 CallError::Malformed {
                     component: session.name().to_string(),
                     reason: why,
@@ -254,7 +255,7 @@ pub async fn attempt(
         let perr = match session.classify_error(status, &resp.headers, &body) {
             Ok(p) => p,
             Err(e) => {
-                adapter_failed(&scope.app, e);
+                adapter_failed(&scope.app, &adapter, e);
                 fallback_classification(status, &resp.headers)
             }
         };
@@ -272,7 +273,17 @@ pub async fn attempt(
         }
     };
     match session.translate_response(&ctx, resp.status, &body) {
+        Ok(Ok(out)) if !is_json_object(&out.body) => {
+            let e = CallError::Malformed {
+                component: adapter.name.to_string(),
+                reason: "its response body is not a JSON object".into(),
+            };
+            att.fail("adapter_error", &e.to_string(), resp.status, None, None)
+                .await;
+            Err(adapter_failed(&scope.app, &adapter, e))
+        }
         Ok(Ok(out)) => {
+            adapter.streak.success();
             att.succeed(out.usage, resp.status, None).await;
             drop(guard);
             let mut response =
@@ -284,7 +295,7 @@ pub async fn attempt(
         Err(e) => {
             att.fail("adapter_error", &e.to_string(), resp.status, None, None)
                 .await;
-            Err(adapter_failed(&scope.app, e))
+            Err(adapter_failed(&scope.app, &adapter, e))
         }
     }
 }
@@ -477,8 +488,15 @@ fn retry(class: &'static str, message: impl Into<String>, retry_after_ms: Option
     }
 }
 
-fn adapter_failed(app: &App, e: CallError) -> Failure {
+/// True when `text` is one JSON object (checked without building it).
+pub(crate) fn is_json_object(text: &str) -> bool {
+    text.trim_start().starts_with('{')
+        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
+fn adapter_failed(app: &App, adapter: &AdapterComponent, e: CallError) -> Failure {
     Counters::bump(&app.counters.adapter_failures);
+    adapter.streak.failure(&adapter.name);
     tracing::warn!("adapter failed: {e}");
     retry("adapter_error", e.to_string(), None)
 }

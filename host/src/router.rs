@@ -199,7 +199,12 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
         let Some(provider) = cfg.providers.get(&ch.provider) else {
             continue;
         };
-        if !comps.adapters.contains_key(&provider.adapter) {
+        // A missing or quarantined adapter takes its channels out of rotation.
+        if comps
+            .adapters
+            .get(&provider.adapter)
+            .is_none_or(|a| a.streak.quarantined())
+        {
             continue;
         }
         let needed = facts
@@ -337,8 +342,15 @@ fn rank(
         });
         idx
     };
-    let Some(component) = comps.strategies.get(strategy) else {
-        tracing::debug!(strategy, "strategy not loaded; priority order");
+    let Some(component) = comps
+        .strategies
+        .get(strategy)
+        .filter(|c| !c.streak.quarantined())
+    else {
+        tracing::debug!(
+            strategy,
+            "strategy not loaded or quarantined; priority order"
+        );
         return fallback();
     };
     if candidates.len() == 1 {

@@ -8,6 +8,7 @@ mod cli;
 mod components;
 mod failover;
 mod health;
+mod hostile;
 mod postgres;
 mod quota;
 mod reload;

@@ -30,11 +30,13 @@ pub struct AdapterComponent {
     pub(super) pre: bindings::AdapterPre<CallState>,
     /// SHA-256 of the file it was loaded from.
     pub digest: [u8; 32],
+    /// Consecutive failed attempts; quarantines the component when too long.
+    pub streak: super::engine::FailureStreak,
 }
 
 impl AdapterComponent {
     /// A fresh instance for one upstream attempt (request, response and stream translation share it).
-    pub fn session(&self, rt: &Arc<Runtime>) -> Result<AdapterSession, CallError> {
+    pub fn session(self: &Arc<Self>, rt: &Arc<Runtime>) -> Result<AdapterSession, CallError> {
         let mut store = rt.store(&self.name);
         let instance = self
             .pre
@@ -45,6 +47,7 @@ impl AdapterComponent {
             store,
             instance,
             name: self.name.clone(),
+            component: self.clone(),
             stream: None,
         })
     }
@@ -56,12 +59,18 @@ pub struct AdapterSession {
     store: Store<CallState>,
     instance: bindings::Adapter,
     name: Arc<str>,
+    component: Arc<AdapterComponent>,
     stream: Option<ResourceAny>,
 }
 
 impl AdapterSession {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The component this session runs.
+    pub fn component(&self) -> &Arc<AdapterComponent> {
+        &self.component
     }
 
     fn call<T>(

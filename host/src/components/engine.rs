@@ -1,7 +1,7 @@
 //! The engine, the per-call store and the host functions components import.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
@@ -35,6 +35,34 @@ impl CallError {
             component: component.to_string(),
             reason,
         }
+    }
+}
+
+/// Failures in a row after which a component is quarantined until its file changes.
+pub const QUARANTINE_AFTER: u32 = 5;
+
+/// A component's run of consecutive failures. A reloaded file is a new component with a fresh
+/// streak, which is what lifts a quarantine.
+#[derive(Default)]
+pub struct FailureStreak(AtomicU32);
+
+impl FailureStreak {
+    pub fn success(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts a failure; logs once when the component becomes quarantined.
+    pub fn failure(&self, component: &str) {
+        if self.0.fetch_add(1, Ordering::Relaxed) + 1 == QUARANTINE_AFTER {
+            tracing::error!(
+                component,
+                "component `{component}` failed {QUARANTINE_AFTER} times in a row: quarantined until its file changes"
+            );
+        }
+    }
+
+    pub fn quarantined(&self) -> bool {
+        self.0.load(Ordering::Relaxed) >= QUARANTINE_AFTER
     }
 }
 

@@ -153,6 +153,7 @@ pub fn load_bytes(rt: &Runtime, kind: Kind, name: &str, bytes: &[u8]) -> Result<
                 name,
                 pre,
                 digest,
+                streak: Default::default(),
             })))
         }
         Kind::Adapter => {
@@ -166,6 +167,7 @@ pub fn load_bytes(rt: &Runtime, kind: Kind, name: &str, bytes: &[u8]) -> Result<
                 name,
                 pre,
                 digest,
+                streak: Default::default(),
             })))
         }
     }

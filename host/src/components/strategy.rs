@@ -21,11 +21,29 @@ pub struct StrategyComponent {
     pub(super) pre: bindings::StrategyPre<super::engine::CallState>,
     /// SHA-256 of the file it was loaded from.
     pub digest: [u8; 32],
+    /// Consecutive failed calls; quarantines the component when too long.
+    pub streak: super::engine::FailureStreak,
 }
 
 impl StrategyComponent {
-    /// Ranks `candidates` in a fresh instance. The answer is checked: indices in range, no repeats.
+    /// Like [`Self::rank_unchecked`], keeping the failure streak.
     pub fn rank(
+        &self,
+        rt: &Runtime,
+        request: &RequestInfo,
+        candidates: &[Candidate],
+        params: &str,
+    ) -> Result<Ranking, CallError> {
+        let result = self.rank_unchecked(rt, request, candidates, params);
+        match &result {
+            Ok(_) => self.streak.success(),
+            Err(_) => self.streak.failure(&self.name),
+        }
+        result
+    }
+
+    /// Ranks `candidates` in a fresh instance. The answer is checked: indices in range, no repeats.
+    fn rank_unchecked(
         &self,
         rt: &Runtime,
         request: &RequestInfo,

@@ -11,10 +11,11 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{Attempt, Failure, Guard, adapter_failed, class_name, retry};
-use crate::components::AdapterSession;
+use crate::app::Counters;
 use crate::components::adapter_api::exports::smart_router::gateway::translation::{
     RequestContext, SseEvent, StreamOutput, Usage,
 };
+use crate::components::{AdapterSession, CallError};
 use crate::server::error::ApiError;
 use crate::upstream::sse::Parser;
 use crate::upstream::{BodyStream, UpstreamResponse};
@@ -87,7 +88,10 @@ impl Pump {
                     }
                 }
                 match self.session.finish() {
-                    Ok(Ok(out)) => chunks.append(&mut self.take(out)),
+                    Ok(Ok(out)) => match self.take(out) {
+                        Ok(mut c) => chunks.append(&mut c),
+                        Err(step) => return step,
+                    },
                     Ok(Err(perr)) => {
                         return Step::Error {
                             class: class_name(perr.class),
@@ -95,13 +99,7 @@ impl Pump {
                             retry_after_ms: perr.retry_after_ms,
                         };
                     }
-                    Err(e) => {
-                        return Step::Error {
-                            class: "adapter_error",
-                            message: e.to_string(),
-                            retry_after_ms: None,
-                        };
-                    }
+                    Err(e) => return self.adapter_error(e),
                 }
                 if chunks.is_empty() {
                     Step::End
@@ -118,26 +116,45 @@ impl Pump {
             data: e.data,
         };
         match self.session.push(&event) {
-            Ok(Ok(out)) => Ok(self.take(out)),
+            Ok(Ok(out)) => self.take(out),
             Ok(Err(perr)) => Err(Step::Error {
                 class: class_name(perr.class),
                 message: perr.message,
                 retry_after_ms: perr.retry_after_ms,
             }),
-            Err(e) => Err(Step::Error {
-                class: "adapter_error",
-                message: e.to_string(),
-                retry_after_ms: None,
-            }),
+            Err(e) => Err(self.adapter_error(e)),
         }
     }
 
-    fn take(&mut self, out: StreamOutput) -> Vec<String> {
+    /// Accepts one step's output; every chunk must be a JSON object.
+    fn take(&mut self, out: StreamOutput) -> Result<Vec<String>, Step> {
+        if let Some(bad) = out.chunks.iter().find(|c| !super::is_json_object(c)) {
+            let reason = format!(
+                "it produced a stream chunk that is not a JSON object ({} bytes)",
+                bad.len()
+            );
+            return Err(self.adapter_error(CallError::Malformed {
+                component: self.session.name().to_string(),
+                reason,
+            }));
+        }
         if out.usage.is_some() {
             self.usage = out.usage;
         }
         self.done |= out.done;
-        out.chunks
+        Ok(out.chunks)
+    }
+
+    /// An adapter failure inside the stream: counted against the component.
+    fn adapter_error(&self, e: CallError) -> Step {
+        Counters::bump(&self.att.scope.app.counters.adapter_failures);
+        self.session.component().streak.failure(self.session.name());
+        tracing::warn!("adapter failed: {e}");
+        Step::Error {
+            class: "adapter_error",
+            message: e.to_string(),
+            retry_after_ms: None,
+        }
     }
 }
 
@@ -189,7 +206,8 @@ pub(super) async fn start(
     if let Err(e) = session.start_stream(&ctx) {
         att.fail("adapter_error", &e.to_string(), resp.status, None, None)
             .await;
-        return Err(adapter_failed(&att.scope.app, e));
+        let adapter = session.component().clone();
+        return Err(adapter_failed(&att.scope.app, &adapter, e));
     }
     let status = resp.status;
     let mut pump = Pump {
@@ -309,7 +327,10 @@ async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, gu
         }
     };
     match outcome {
-        Ok(()) => pump.att.succeed(pump.usage, status, Some(ttft)).await,
+        Ok(()) => {
+            pump.session.component().streak.success();
+            pump.att.succeed(pump.usage, status, Some(ttft)).await
+        }
         Err(("client_closed", msg)) => {
             let mut rec = pump.att.record(
                 status,
