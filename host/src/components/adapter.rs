@@ -1,6 +1,6 @@
 //! Calling a provider adapter component.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
@@ -32,20 +32,38 @@ pub struct AdapterComponent {
     pub digest: [u8; 32],
     /// Consecutive failed attempts; quarantines the component when too long.
     pub streak: super::engine::FailureStreak,
+    /// Idle instances: one that finished an attempt without trapping is reused by the next.
+    pub(super) idle: Mutex<Vec<Warm>>,
 }
 
+/// An instantiated adapter and its store.
+pub(super) struct Warm {
+    store: Store<CallState>,
+    instance: bindings::Adapter,
+}
+
+/// Idle instances kept per adapter.
+const MAX_IDLE: usize = 64;
+
 impl AdapterComponent {
-    /// A fresh instance for one upstream attempt (request, response and stream translation share it).
+    /// An instance for one upstream attempt (request, response and stream translation share it):
+    /// a warm one when there is one.
     pub fn session(self: &Arc<Self>, rt: &Arc<Runtime>) -> Result<AdapterSession, CallError> {
-        let mut store = rt.store(&self.name);
-        let instance = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| CallError::trap(&self.name, e))?;
+        let warm = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let warm = match warm {
+            Some(w) => w,
+            None => {
+                let mut store = rt.store(&self.name);
+                let instance = self
+                    .pre
+                    .instantiate(&mut store)
+                    .map_err(|e| CallError::trap(&self.name, e))?;
+                Warm { store, instance }
+            }
+        };
         Ok(AdapterSession {
             rt: rt.clone(),
-            store,
-            instance,
+            warm: Some(warm),
             name: self.name.clone(),
             component: self.clone(),
             stream: None,
@@ -53,14 +71,38 @@ impl AdapterComponent {
     }
 }
 
-/// One adapter instance serving one attempt. After a trap it refuses further calls.
+/// One adapter instance serving one attempt. After a trap it refuses further calls and is
+/// dropped; otherwise it goes back to the idle list when the attempt ends.
 pub struct AdapterSession {
     rt: Arc<Runtime>,
-    store: Store<CallState>,
-    instance: bindings::Adapter,
+    /// `None` once the instance trapped.
+    warm: Option<Warm>,
     name: Arc<str>,
     component: Arc<AdapterComponent>,
     stream: Option<ResourceAny>,
+}
+
+impl Drop for AdapterSession {
+    fn drop(&mut self) {
+        let Some(mut warm) = self.warm.take() else {
+            return;
+        };
+        if let Some(stream) = self.stream.take() {
+            // The guest's destructor runs; an instance that fails even that is not reused.
+            self.rt.rearm(&mut warm.store);
+            if stream.resource_drop(&mut warm.store).is_err() {
+                return;
+            }
+        }
+        let mut idle = self
+            .component
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(warm);
+        }
+    }
 }
 
 impl AdapterSession {
@@ -77,8 +119,19 @@ impl AdapterSession {
         &mut self,
         f: impl FnOnce(&bindings::Adapter, &mut Store<CallState>) -> wasmtime::Result<T>,
     ) -> Result<T, CallError> {
-        self.rt.rearm(&mut self.store);
-        f(&self.instance, &mut self.store).map_err(|e| CallError::trap(&self.name, e))
+        let Some(warm) = self.warm.as_mut() else {
+            return Err(CallError::Trap {
+                component: self.name.to_string(),
+                reason: "the instance already trapped".into(),
+            });
+        };
+        self.rt.rearm(&mut warm.store);
+        let result = f(&warm.instance, &mut warm.store);
+        result.map_err(|e| {
+            // Never enter a trapped instance again.
+            self.warm = None;
+            CallError::trap(&self.name, e)
+        })
     }
 
     pub fn translate_request(

@@ -154,6 +154,7 @@ pub fn load_bytes(rt: &Runtime, kind: Kind, name: &str, bytes: &[u8]) -> Result<
                 pre,
                 digest,
                 streak: Default::default(),
+                idle: Default::default(),
             })))
         }
         Kind::Adapter => {
@@ -168,6 +169,7 @@ pub fn load_bytes(rt: &Runtime, kind: Kind, name: &str, bytes: &[u8]) -> Result<
                 pre,
                 digest,
                 streak: Default::default(),
+                idle: Default::default(),
             })))
         }
     }
