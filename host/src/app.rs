@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -245,6 +246,10 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let router = crate::server::router(app.clone(), max_body);
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
+        // No Nagle: stream chunks leave as soon as they are written.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
             let _ = stop.await;
         });

@@ -40,6 +40,15 @@ enum Command {
         #[arg(long, default_value = "config")]
         config: PathBuf,
     },
+    /// Serve the built-in mock provider over HTTP (an instant OpenAI-compatible upstream for
+    /// benchmarks and demos).
+    MockUpstream {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: String,
+        /// Wait this long before each answer.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+    },
     /// Gateway keys.
     Keys {
         #[command(subcommand)]
@@ -118,6 +127,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check(config).await,
+        Command::MockUpstream { listen, delay_ms } => {
+            let listener = tokio::net::TcpListener::bind(&listen).await?;
+            tracing::info!(addr = %listener.local_addr()?, "mock upstream listening");
+            let app =
+                smart_router::upstream::mock::router(std::time::Duration::from_millis(delay_ms));
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keys {
             action:
                 KeysCommand::Create {

@@ -7,6 +7,7 @@ mod chat;
 mod cli;
 mod components;
 mod failover;
+mod gemini;
 mod health;
 mod hostile;
 mod postgres;

@@ -268,9 +268,13 @@ pub(super) async fn start(
                     .fail(class, &msg, status, None, retry_after_ms)
                     .await;
                 if matches!(class, "bad_request" | "content_filtered") {
-                    return Err(Failure::Fatal(ApiError::invalid(format!(
-                        "The provider refused the request: {msg}"
-                    ))));
+                    let code = (class == "content_filtered").then_some("content_filter");
+                    return Err(Failure::Fatal(ApiError::new(
+                        axum::http::StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        code,
+                        format!("The provider refused the request: {msg}"),
+                    )));
                 }
                 return Err(retry(class, msg, retry_after_ms));
             }

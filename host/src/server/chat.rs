@@ -71,18 +71,14 @@ async fn handle(
     let cfg = app.config.load_full();
     let comps = app.components.load_full();
     let started = now_ms();
-    let planned = {
-        let (app, cfg, comps, facts) = (app.clone(), cfg.clone(), comps.clone(), facts.clone());
-        // The strategy call is bounded by its epoch deadline; keep it off the async workers anyway.
-        tokio::task::spawn_blocking(move || plan(&app, &cfg, &comps, &facts)).await
-    };
-    let plan = match planned {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => {
+    // Inline: a call into a warm strategy takes microseconds, and the epoch deadline bounds a
+    // hostile one (which is quarantined after a few failures).
+    let plan = match plan(app, &cfg, &comps, &facts) {
+        Ok(p) => p,
+        Err(e) => {
             record_unrouted(app, &caller.key_id, request_id, &facts, started, &e).await;
             return Err(e);
         }
-        Err(_) => return Err(ApiError::unavailable("routing failed")),
     };
     let scope = Arc::new(RequestScope {
         app: app.clone(),

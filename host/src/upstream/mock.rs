@@ -172,3 +172,39 @@ fn error(status: u16, kind: &str, message: &str) -> UpstreamResponse {
         )])),
     }
 }
+
+/// The built-in mock as a real HTTP server (`smart-router mock-upstream`), for benchmarks and
+/// demos: `POST /v1/chat/completions`, answering after `delay` when one is set.
+pub fn router(delay: std::time::Duration) -> axum::Router {
+    use axum::body::{Body, Bytes};
+    use axum::response::{IntoResponse, Response};
+
+    let handler = move |body: Bytes| async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let req = HttpRequest {
+            method: "POST".into(),
+            path: "/chat/completions".into(),
+            headers: Vec::new(),
+            body: body.to_vec(),
+            auth: crate::components::adapter_api::exports::smart_router::gateway::translation::Auth::None,
+        };
+        let up = respond(&req);
+        let mut resp = Response::new(Body::from_stream(up.body));
+        *resp.status_mut() = axum::http::StatusCode::from_u16(up.status)
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        for (k, v) in up.headers {
+            if let (Ok(k), Ok(v)) = (
+                axum::http::HeaderName::from_bytes(k.as_bytes()),
+                axum::http::HeaderValue::from_str(&v),
+            ) {
+                resp.headers_mut().insert(k, v);
+            }
+        }
+        resp.into_response()
+    };
+    axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(handler))
+        .route("/chat/completions", axum::routing::post(handler))
+}

@@ -1,0 +1,225 @@
+//! OpenAI `chat.completions` request → Gemini `POST /v1beta/models/{model}:generateContent`.
+
+use smart_router_sdk::json::{self, Map, Value, json};
+use smart_router_sdk::{Auth, ErrorClass, HttpRequest, ProviderError, RequestContext};
+
+use crate::{contents, schema};
+
+const DEFAULT_VERSION: &str = "v1beta";
+
+pub fn bad(message: impl Into<String>) -> ProviderError {
+    ProviderError::new(ErrorClass::BadRequest, message)
+}
+
+pub fn translate(ctx: &RequestContext, body: &str) -> Result<HttpRequest, ProviderError> {
+    let Ok(Value::Object(req)) = json::from_str::<Value>(body) else {
+        return Err(bad("the request body is not a JSON object"));
+    };
+    let options: Value = json::from_str(&ctx.options).unwrap_or(Value::Null);
+    let out = generate_body(&req, &options)?;
+    let version = options
+        .get("api_version")
+        .and_then(Value::as_str)
+        .unwrap_or(DEFAULT_VERSION);
+    let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+    if ctx.is_stream {
+        headers.push(("accept".into(), "text/event-stream".into()));
+    }
+    if let Some(extra) = options.get("headers").and_then(Value::as_object) {
+        for (k, v) in extra {
+            if let Some(v) = v.as_str() {
+                headers.push((k.clone(), v.to_string()));
+            }
+        }
+    }
+    Ok(HttpRequest {
+        method: "POST".into(),
+        path: model_path(version, &ctx.model, ctx.is_stream),
+        headers,
+        body: Value::Object(out).to_string().into_bytes(),
+        auth: Auth::Header("x-goog-api-key".into()),
+    })
+}
+
+/// `/v1beta/models/{model}:generateContent`. A model that names its collection
+/// (`tunedModels/…`, `models/…`) keeps it.
+fn model_path(version: &str, model: &str, stream: bool) -> String {
+    let model = model.trim_matches('/');
+    let name = if model.contains('/') {
+        encode(model)
+    } else {
+        format!("models/{}", encode(model))
+    };
+    let method = if stream {
+        "streamGenerateContent?alt=sse"
+    } else {
+        "generateContent"
+    };
+    format!("/{}/{name}:{method}", encode(version))
+}
+
+/// Percent-encodes everything but unreserved characters and `/`.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The `GenerateContentRequest` body.
+fn generate_body(
+    req: &Map<String, Value>,
+    options: &Value,
+) -> Result<Map<String, Value>, ProviderError> {
+    let messages = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("`messages` must be an array"))?;
+    let (system, turns) = contents::convert(messages)?;
+    let mut out = Map::new();
+    out.insert("contents".into(), turns.into());
+    if !system.is_empty() {
+        out.insert(
+            "systemInstruction".into(),
+            json!({ "parts": [{ "text": system }] }),
+        );
+    }
+    let tools = match req.get("tools") {
+        Some(Value::Array(list)) => convert_tools(list)?,
+        None | Some(Value::Null) => Vec::new(),
+        Some(_) => return Err(bad("`tools` must be an array")),
+    };
+    if !tools.is_empty() {
+        out.insert("tools".into(), json!([{ "functionDeclarations": tools }]));
+        if let Some(config) = tool_config(req.get("tool_choice"))? {
+            out.insert(
+                "toolConfig".into(),
+                json!({ "functionCallingConfig": config }),
+            );
+        }
+    }
+    let config = generation_config(req, options)?;
+    if !config.is_empty() {
+        out.insert("generationConfig".into(), config.into());
+    }
+    if let Some(safety) = options.get("safety_settings").filter(|v| v.is_array()) {
+        out.insert("safetySettings".into(), safety.clone());
+    }
+    Ok(out)
+}
+
+/// Sampling, length, stop, candidate count, JSON mode and seed.
+fn generation_config(
+    req: &Map<String, Value>,
+    options: &Value,
+) -> Result<Map<String, Value>, ProviderError> {
+    let mut out = Map::new();
+    for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
+        if let Some(v) = req.get(from).filter(|v| v.is_number()) {
+            out.insert(to.into(), v.clone());
+        }
+    }
+    let max_tokens = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| req.get(*k).and_then(Value::as_u64));
+    if let Some(n) = max_tokens {
+        out.insert("maxOutputTokens".into(), n.into());
+    }
+    let stop = match req.get("stop") {
+        Some(Value::String(s)) => vec![Value::from(s.as_str())],
+        Some(Value::Array(list)) => list.iter().filter(|v| v.is_string()).cloned().collect(),
+        _ => Vec::new(),
+    };
+    if !stop.is_empty() {
+        out.insert("stopSequences".into(), stop.into());
+    }
+    if let Some(n) = req.get("n").and_then(Value::as_u64) {
+        out.insert("candidateCount".into(), n.into());
+    }
+    if let Some(seed) = req.get("seed").and_then(Value::as_i64) {
+        out.insert("seed".into(), seed.into());
+    }
+    match req.get("response_format") {
+        None | Some(Value::Null) => {}
+        Some(format) => match format.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            Some("json_object") => {
+                out.insert("responseMimeType".into(), "application/json".into());
+            }
+            Some("json_schema") => {
+                out.insert("responseMimeType".into(), "application/json".into());
+                let wanted = format.get("json_schema").and_then(|s| s.get("schema"));
+                if let Some(s) = wanted.filter(|s| s.is_object()) {
+                    out.insert("responseSchema".into(), schema::clean(s));
+                }
+            }
+            _ => return Err(bad("unsupported response_format")),
+        },
+    }
+    if options.get("include_thoughts").and_then(Value::as_bool) == Some(true) {
+        out.insert("thinkingConfig".into(), json!({ "includeThoughts": true }));
+    }
+    Ok(out)
+}
+
+/// OpenAI function tools → Gemini function declarations.
+fn convert_tools(list: &[Value]) -> Result<Vec<Value>, ProviderError> {
+    let mut tools = Vec::with_capacity(list.len());
+    for (i, tool) in list.iter().enumerate() {
+        let kind = tool
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("function");
+        let function = tool.get("function").filter(|_| kind == "function");
+        let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str) else {
+            return Err(bad(format!(
+                "tools[{i}]: only named function tools are supported"
+            )));
+        };
+        let mut out = Map::new();
+        out.insert("name".into(), name.into());
+        if let Some(d) = function
+            .and_then(|f| f.get("description"))
+            .and_then(Value::as_str)
+        {
+            out.insert("description".into(), d.into());
+        }
+        let parameters = function
+            .and_then(|f| f.get("parameters"))
+            .filter(|p| p.is_object())
+            .map(schema::clean);
+        // Gemini refuses an OBJECT schema without properties: a function without parameters
+        // simply has no `parameters`.
+        if let Some(p) = parameters.filter(|p| !schema::is_empty_object(p)) {
+            out.insert("parameters".into(), p);
+        }
+        tools.push(Value::Object(out));
+    }
+    Ok(tools)
+}
+
+/// `tool_choice` → `functionCallingConfig`.
+fn tool_config(choice: Option<&Value>) -> Result<Option<Value>, ProviderError> {
+    Ok(match choice {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Some(json!({ "mode": "AUTO" })),
+            "none" => Some(json!({ "mode": "NONE" })),
+            "required" => Some(json!({ "mode": "ANY" })),
+            other => return Err(bad(format!("unsupported tool_choice `{other}`"))),
+        },
+        Some(v) => match v
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+        {
+            Some(name) => Some(json!({ "mode": "ANY", "allowedFunctionNames": [name] })),
+            None => return Err(bad("unsupported tool_choice")),
+        },
+    })
+}

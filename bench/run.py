@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Side by side, interleaved in one run: an instant mock upstream called directly, through nginx
+`proxy_pass` (a proxy doing no work), and through the gateway (auth, a strategy component, the
+OpenAI adapter component, usage accounting into SQLite — everything on).
+
+    python3 bench/run.py [--rounds 3] [--seconds 5]
+
+Needs `cargo xtask build` first. Installs wrk and nginx with apt when missing. Prints a table and
+writes JSON to bench/results/. Every process runs on 127.0.0.1.
+"""
+import argparse
+import datetime
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "smart-router")
+PORT = {"direct": 19101, "nginx": 19102, "gateway": 19103}
+KEY = "sk-bench"
+
+
+def ensure(tool, package):
+    if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
+        print(f"installing {package} …", file=sys.stderr)
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", "/")
+            c.getresponse().read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing is listening on {port}")
+
+
+def body(target, stream=False):
+    model = "auto:bench" if target == "gateway" else "bench-a"
+    return json.dumps({"model": model, "stream": stream, "messages": [{"role": "user", "content": "Say hello to the benchmark"}]})
+
+
+def headers(target):
+    h = {"Content-Type": "application/json"}
+    if target == "gateway":
+        h["Authorization"] = f"Bearer {KEY}"
+    return h
+
+
+def wrk(target, connections, seconds, workdir):
+    script = os.path.join(workdir, f"{target}.lua")
+    with open(script, "w") as f:
+        f.write('wrk.method = "POST"\n')
+        f.write(f"wrk.body = {json.dumps(body(target))}\n")
+        for k, v in headers(target).items():
+            f.write(f'wrk.headers["{k}"] = "{v}"\n')
+    url = f"http://127.0.0.1:{PORT[target]}/v1/chat/completions"
+    threads = min(2, connections)
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
+                         check=True, capture_output=True, text=True).stdout
+
+    def us(label):
+        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"p50_us": us("50"), "p99_us": us("99"), "rps": rps, "requests": requests, "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def stream_timing(target, n=200):
+    """Time to first byte and to the end of a streamed answer, over one keep-alive connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", PORT[target])
+    ttfb, total = [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        conn.request("POST", "/v1/chat/completions", body=body(target, stream=True), headers=headers(target))
+        resp = conn.getresponse()
+        resp.read1(1)
+        t1 = time.perf_counter()
+        resp.read()
+        t2 = time.perf_counter()
+        ttfb.append((t1 - t0) * 1e6)
+        total.append((t2 - t0) * 1e6)
+    return {"ttfb_p50_us": statistics.median(ttfb), "total_p50_us": statistics.median(total)}
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def peak_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    args = ap.parse_args()
+    if not os.path.exists(BIN):
+        raise SystemExit("build first: cargo xtask build")
+    ensure("wrk", "wrk")
+    ensure("nginx", "nginx")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    work = tempfile.mkdtemp(prefix="sr-bench-")
+    procs = []
+    try:
+        procs.append(subprocess.Popen([BIN, "mock-upstream", "--listen", f"127.0.0.1:{PORT['direct']}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with open(os.path.join(work, "nginx.conf"), "w") as f:
+            f.write(f"""worker_processes auto;
+pid {work}/nginx.pid;
+error_log {work}/nginx.err warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  upstream mock {{ server 127.0.0.1:{PORT['direct']}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{PORT['nginx']};
+    location / {{
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+""")
+        procs.append(subprocess.Popen([nginx, "-c", os.path.join(work, "nginx.conf"), "-p", work, "-g", "daemon off;"], stderr=subprocess.DEVNULL))
+        cfg = os.path.join(work, "config")
+        os.makedirs(cfg)
+        with open(os.path.join(cfg, "providers.yaml"), "w") as f:
+            f.write(f"providers:\n  bench:\n    adapter: openai\n    base_url: http://127.0.0.1:{PORT['direct']}/v1\n    api_key: sk-upstream\n"
+                    "    channels:\n      - {model: bench-a}\n      - {model: bench-b, input_cost_per_1k: 0.001}\n")
+        with open(os.path.join(cfg, "model_groups.yaml"), "w") as f:
+            f.write("model_groups:\n  auto:bench:\n    strategy: weighted-sort\n")
+        with open(os.path.join(cfg, "system.yaml"), "w") as f:
+            f.write(f"components_dir: {os.path.join(ROOT, 'config', 'components')}\n")
+        env = {**os.environ, "SMART_ROUTER_MASTER_KEY": KEY, "SMART_ROUTER_LOG": "warn"}
+        gw = subprocess.Popen([BIN, "serve", "--config", cfg, "--listen", f"127.0.0.1:{PORT['gateway']}", "--database", f"sqlite://{work}/usage.db"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(gw)
+        for p in PORT.values():
+            wait_port(p)
+
+        targets = ["direct", "nginx", "gateway"]
+        rounds = []
+        gw_ticks = gw_requests = 0
+        for r in range(args.rounds):
+            row = {}
+            for t in targets:
+                before = cpu_ticks(gw.pid)
+                one = wrk(t, 1, args.seconds, work)
+                many = wrk(t, 64, args.seconds, work)
+                if t == "gateway":
+                    gw_ticks += cpu_ticks(gw.pid) - before
+                    gw_requests += one["requests"] + many["requests"]
+                row[t] = {"c1": one, "c64": many, "stream": stream_timing(t)}
+            rounds.append(row)
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+
+        def med(t, path):
+            vals = []
+            for row in rounds:
+                v = row[t]
+                for k in path:
+                    v = v[k]
+                vals.append(v)
+            return statistics.median(vals)
+
+        def overhead(t, key):
+            return statistics.median(row[t]["c1"][key] - row["direct"]["c1"][key] for row in rounds)
+
+        summary = {}
+        for t in targets:
+            summary[t] = {
+                "c1_p50_us": med(t, ["c1", "p50_us"]),
+                "c1_p99_us": med(t, ["c1", "p99_us"]),
+                "overhead_p50_us": overhead(t, "p50_us"),
+                "overhead_p99_us": overhead(t, "p99_us"),
+                "c64_rps": med(t, ["c64", "rps"]),
+                "c64_p99_us": med(t, ["c64", "p99_us"]),
+                "stream_ttfb_p50_us": med(t, ["stream", "ttfb_p50_us"]),
+                "stream_total_p50_us": med(t, ["stream", "total_p50_us"]),
+                "non_2xx": sum(row[t]["c1"]["non_2xx"] + row[t]["c64"]["non_2xx"] for row in rounds),
+            }
+        hz = os.sysconf("SC_CLK_TCK")
+        summary["gateway"]["peak_rss_mib"] = round(peak_rss_kib(gw.pid) / 1024, 1)
+        summary["gateway"]["cpu_us_per_request"] = round(gw_ticks / hz * 1e6 / max(gw_requests, 1), 1)
+        ratios = {
+            "overhead_p50_vs_nginx": summary["gateway"]["overhead_p50_us"] / max(summary["nginx"]["overhead_p50_us"], 1),
+            "throughput_c64_vs_nginx": summary["gateway"]["c64_rps"] / summary["nginx"]["c64_rps"],
+            "stream_ttfb_minus_nginx_us": summary["gateway"]["stream_ttfb_p50_us"] - summary["nginx"]["stream_ttfb_p50_us"],
+        }
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        result = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": commit,
+            "machine": {"cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
+            "method": f"{args.rounds} interleaved rounds; wrk {args.seconds}s at 1 and 64 connections; 200 sequential streams per target; medians",
+            "summary": summary,
+            "ratios": ratios,
+            "rounds": rounds,
+        }
+        print(f"\n{'target':<9} {'p50 c1':>9} {'p99 c1':>9} {'overhead p50':>13} {'overhead p99':>13} {'req/s c64':>10} {'p99 c64':>9} {'stream TTFB':>12} {'stream end':>11}")
+        for t in targets:
+            s = summary[t]
+            print(f"{t:<9} {s['c1_p50_us']:>7.0f}µs {s['c1_p99_us']:>7.0f}µs {s['overhead_p50_us']:>11.0f}µs {s['overhead_p99_us']:>11.0f}µs "
+                  f"{s['c64_rps']:>10.0f} {s['c64_p99_us'] / 1000:>7.2f}ms {s['stream_ttfb_p50_us']:>10.0f}µs {s['stream_total_p50_us']:>9.0f}µs")
+        print(f"\ngateway: peak RSS {summary['gateway']['peak_rss_mib']} MiB, CPU {summary['gateway']['cpu_us_per_request']} µs per request")
+        print(f"ratios: overhead p50 {ratios['overhead_p50_vs_nginx']:.2f}× nginx's; throughput at 64 connections "
+              f"{ratios['throughput_c64_vs_nginx']:.2f}× nginx's; stream TTFB {ratios['stream_ttfb_minus_nginx_us']:+.0f} µs vs nginx")
+        os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+        name = datetime.datetime.now().strftime("%Y-%m-%d-%H%M") + f"-{commit}.json"
+        with open(os.path.join(ROOT, "bench", "results", name), "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"written bench/results/{name}", file=sys.stderr)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
