@@ -26,6 +26,8 @@ pub struct Counters {
     pub adapter_failures: AtomicU64,
     pub upstream_failures: AtomicU64,
     pub failovers: AtomicU64,
+    /// Time a request spent in the gateway itself: total minus waiting on upstreams.
+    pub overhead: crate::metrics::Histogram,
 }
 
 impl Counters {

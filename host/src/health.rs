@@ -62,6 +62,7 @@ pub async fn round(app: &Arc<App>) {
             key_id: "health-check".into(),
             key_budget: Default::default(),
             group: None,
+            upstream_us: Default::default(),
         });
         match attempt(&scope, idx, 1).await {
             Ok(_) => tracing::debug!(channel = %ch.id, "health check passed"),

@@ -6,6 +6,7 @@ pub mod budget;
 pub mod components;
 pub mod config;
 pub mod health;
+pub mod metrics;
 pub mod pricing;
 pub mod proxy;
 pub mod quota;

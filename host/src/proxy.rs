@@ -46,6 +46,18 @@ pub struct RequestScope {
     pub key_id: String,
     pub key_budget: crate::budget::Limits,
     pub group: Option<String>,
+    /// Microseconds spent waiting on upstreams, over every attempt (for the overhead metric).
+    pub upstream_us: std::sync::atomic::AtomicU64,
+}
+
+impl RequestScope {
+    /// Counts time spent waiting on an upstream.
+    pub fn waited(&self, since: Instant) {
+        self.upstream_us.fetch_add(
+            since.elapsed().as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
 }
 
 /// Why an attempt did not produce a response.
@@ -217,12 +229,14 @@ pub async fn attempt(
     };
     let guard = stats.enter();
     let first_byte = scope.cfg.system.first_byte_timeout;
-    let resp = match scope
+    let waiting = Instant::now();
+    let sent = scope
         .app
         .upstream
         .send(&att.provider, http, first_byte)
-        .await
-    {
+        .await;
+    scope.waited(waiting);
+    let resp = match sent {
         Ok(r) => r,
         Err(UpstreamError::InvalidRequest(why)) => {
             // Nothing was sent: give the quota and budgets back whole.
@@ -264,7 +278,10 @@ pub async fn attempt(
     if scope.facts.is_stream {
         return stream::start(att, session, ctx, resp, guard).await;
     }
-    let body = match read_body(resp.body, scope.cfg.system.max_response_bytes).await {
+    let waiting = Instant::now();
+    let body = read_body(resp.body, scope.cfg.system.max_response_bytes).await;
+    scope.waited(waiting);
+    let body = match body {
         Ok(b) => b,
         Err(e) => {
             att.fail("body", &e.to_string(), resp.status, None, None)

@@ -26,6 +26,7 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/admin/stats", get(admin::stats))
         .route("/admin/stats/daily", get(admin::daily))
         .route("/admin/channels", get(admin::channels))
@@ -65,6 +66,79 @@ async fn models(State(app): State<Arc<App>>, caller: Caller) -> Response {
         }
     }
     axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `GET /metrics`: Prometheus text format. No secrets: channel ids and counters only.
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    use crate::metrics::{label, sample};
+    use crate::stats::{Breaker, now_ms};
+    let c = &app.counters;
+    let mut out = String::with_capacity(4096);
+    let counters = [
+        (
+            "smart_router_requests_total",
+            "Chat requests received.",
+            &c.requests,
+        ),
+        (
+            "smart_router_failovers_total",
+            "Attempts on a further channel after a failure.",
+            &c.failovers,
+        ),
+        (
+            "smart_router_strategy_failures_total",
+            "Strategy calls that failed (fallback to priority order).",
+            &c.strategy_failures,
+        ),
+        (
+            "smart_router_adapter_failures_total",
+            "Adapter calls that failed or produced invalid output.",
+            &c.adapter_failures,
+        ),
+        (
+            "smart_router_upstream_failures_total",
+            "Upstream attempts that failed.",
+            &c.upstream_failures,
+        ),
+    ];
+    for (name, help, v) in counters {
+        sample(&mut out, name, "counter", help, v.load(Ordering::Relaxed));
+    }
+    c.overhead.render(
+        "smart_router_overhead_seconds",
+        "Time a successful request spent in the gateway itself: total minus waiting on upstreams.",
+        &mut out,
+    );
+    let cfg = app.config.load();
+    let now = now_ms();
+    out.push_str("# HELP smart_router_channel_in_flight Requests in flight per channel.\n# TYPE smart_router_channel_in_flight gauge\n");
+    let mut states = String::from(
+        "# HELP smart_router_channel_available 1 when the channel takes traffic (breaker not open, not cooling down, enabled).\n# TYPE smart_router_channel_available gauge\n",
+    );
+    for ch in &cfg.channels {
+        let s = app.stats.channel(&ch.id);
+        let id = label(&ch.id);
+        out.push_str(&format!(
+            "smart_router_channel_in_flight{{channel=\"{id}\"}} {}\n",
+            s.snapshot().in_flight
+        ));
+        let open = matches!(s.breaker(now), Breaker::Open(_))
+            || s.cooling(now).is_some()
+            || ch.disabled.is_some();
+        states.push_str(&format!(
+            "smart_router_channel_available{{channel=\"{id}\"}} {}\n",
+            u8::from(!open)
+        ));
+    }
+    out.push_str(&states);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 /// `GET /health`: liveness plus what is loaded and a few counters. No secrets.

@@ -223,3 +223,39 @@ async fn tool_requests_never_reach_text_only_channels() {
         .await;
     assert_eq!(plain.headers()["x-smart-router-channel"], "up/text-only");
 }
+
+#[tokio::test]
+async fn metrics_report_counters_overhead_and_channel_state() {
+    let (gw, _mock) = gateway_with(&["m1", "m2"]).await;
+    for stream in [false, true, false] {
+        let resp = gw.chat(json!({"model": "auto:test", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})).await;
+        assert_eq!(resp.status(), 200);
+        let _ = resp.text().await;
+    }
+    let text = gw
+        .client
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("body");
+    assert!(text.contains("smart_router_requests_total 3\n"), "{text}");
+    assert!(
+        text.contains("smart_router_overhead_seconds_count 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("smart_router_channel_available{channel=\"up/m1\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("smart_router_channel_in_flight{channel=\"up/m2\"} 0\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("sk-upstream-secret"),
+        "no secrets in metrics"
+    );
+}

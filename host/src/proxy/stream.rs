@@ -225,7 +225,10 @@ pub(super) async fn start(
     // them can still fail over: nothing has reached the client.
     let mut held: Vec<String> = Vec::new();
     let first = loop {
-        let step = match tokio::time::timeout_at(deadline, pump.step()).await {
+        let waiting = std::time::Instant::now();
+        let stepped = tokio::time::timeout_at(deadline, pump.step()).await;
+        pump.att.scope.waited(waiting);
+        let step = match stepped {
             Ok(s) => s,
             Err(_) => Step::Error {
                 class: "timeout",

@@ -42,6 +42,7 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
     request_id: &str,
 ) -> Result<Response, ApiError> {
+    let t0 = std::time::Instant::now();
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("request_too_large"), "The request body is larger than the gateway accepts (system.yaml server.max_body_bytes).")
@@ -90,6 +91,7 @@ async fn handle(
         request_id: request_id.to_string(),
         key_id: caller.key_id,
         key_budget: caller.budget,
+        upstream_us: Default::default(),
     });
 
     let mut failures: Vec<(String, &'static str, String, Option<u64>)> = Vec::new();
@@ -103,7 +105,13 @@ async fn handle(
             Counters::bump(&app.counters.failovers);
         }
         match attempt(&scope, idx, n as u32 + 1).await {
-            Ok(resp) => return Ok(resp),
+            Ok(resp) => {
+                let upstream = scope.upstream_us.load(std::sync::atomic::Ordering::Relaxed);
+                app.counters
+                    .overhead
+                    .observe((t0.elapsed().as_micros() as u64).saturating_sub(upstream));
+                return Ok(resp);
+            }
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Retry {
                 class,
