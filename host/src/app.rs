@@ -190,7 +190,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     };
     crate::reload::report_missing(&cfg, &comps);
     let store = Store::connect(&opts.database_url).await?;
-    let (usage, _writer) = crate::store::spawn_writer(store.clone());
+    let (usage, _writer) = crate::store::spawn_writer(store.clone(), cfg.system.durable_usage);
     let upstream = Upstream::new(cfg.system.connect_timeout)?;
     let listen = opts
         .listen

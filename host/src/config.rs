@@ -74,6 +74,8 @@ pub struct System {
     pub max_response_bytes: usize,
     /// Whose midnight resets daily limits and whose clock pricing windows read.
     pub timezone: jiff::tz::TimeZone,
+    /// Usage rows are committed before the response is sent.
+    pub durable_usage: bool,
     /// Time between active health-check rounds; `None`: off.
     pub health_interval: Option<Duration>,
     pub health_include_paid: bool,

@@ -8,7 +8,7 @@ use std::path::Path;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
-pub use usage::{UsageRecord, UsageSink, spawn_writer};
+pub use usage::{MAX_BATCH, QUEUE, UsageRecord, UsageSink, spawn_writer};
 
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +92,20 @@ impl Store {
                 }
             }
         }
+        let sqlite = backend == Backend::Sqlite;
         let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .max_connections(if sqlite { 4 } else { 8 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL + NORMAL: a commit survives the process being killed (not a power
+                        // cut) without an fsync per transaction.
+                        sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous=NORMAL").await?;
+                        sqlx::Executor::execute(&mut *conn, "PRAGMA busy_timeout=5000").await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await?;
         if backend == Backend::Sqlite {

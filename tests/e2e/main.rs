@@ -6,6 +6,7 @@ mod budgets;
 mod chat;
 mod cli;
 mod components;
+mod crash;
 mod failover;
 mod gemini;
 mod health;

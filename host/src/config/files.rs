@@ -202,6 +202,18 @@ pub struct SystemFile {
     pub quota: QuotaSection,
     #[serde(default)]
     pub health_checks: HealthChecksSection,
+    #[serde(default)]
+    pub usage: UsageSection,
+}
+
+/// Usage recording.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageSection {
+    /// Answer a request only once its usage row is committed (group commit). Default false:
+    /// rows are committed in the background within milliseconds.
+    #[serde(default)]
+    pub durable: bool,
 }
 
 /// Active health checks: a one-token request to each eligible channel on a schedule.

@@ -505,6 +505,7 @@ fn system(dir: &Path, f: SystemFile) -> Result<System, ConfigError> {
         })?,
     };
     Ok(System {
+        durable_usage: f.usage.durable,
         timezone,
         health_interval: f
             .health_checks

@@ -36,6 +36,15 @@ pub struct UsageRecord {
     pub error_message: Option<String>,
 }
 
+/// Most records in one transaction.
+pub const MAX_BATCH: usize = 256;
+/// Records queued for the writer; when full, requests wait rather than the queue growing. So
+/// without `durable`, a crash loses at most `QUEUE + MAX_BATCH` records.
+pub const QUEUE: usize = 256;
+/// Rows per INSERT statement (21 values each, well under SQLite's and Postgres's limits).
+const ROWS_PER_STATEMENT: usize = 128;
+const COLUMNS: usize = 21;
+
 enum Msg {
     Record(Box<UsageRecord>),
     Flush(oneshot::Sender<()>),
@@ -45,13 +54,22 @@ enum Msg {
 #[derive(Clone)]
 pub struct UsageSink {
     tx: mpsc::Sender<Msg>,
+    /// Each `record` waits until its row is committed (group commit), so a crash loses nothing
+    /// that a client was answered for. Off: records are written in the background within
+    /// milliseconds, and a `kill -9` can lose the ones not yet committed.
+    durable: bool,
 }
 
 impl UsageSink {
-    /// Queues a record. Waits (back-pressure) rather than dropping when the writer is behind.
+    /// Queues a record — and, when durable, waits for it to be committed. Waits (back-pressure)
+    /// rather than dropping when the writer is behind.
     pub async fn record(&self, record: UsageRecord) {
         if self.tx.send(Msg::Record(Box::new(record))).await.is_err() {
             tracing::error!("usage writer has stopped; a usage record could not be queued");
+            return;
+        }
+        if self.durable {
+            self.flush().await;
         }
     }
 
@@ -65,15 +83,15 @@ impl UsageSink {
 }
 
 /// Starts the writer. It ends, after writing everything queued, when every sink is dropped.
-pub fn spawn_writer(store: Store) -> (UsageSink, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Msg>(16_384);
+pub fn spawn_writer(store: Store, durable: bool) -> (UsageSink, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
     let handle = tokio::spawn(async move {
         let mut batch: Vec<UsageRecord> = Vec::with_capacity(256);
         let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
         while let Some(first) = rx.recv().await {
             take(first, &mut batch, &mut waiters);
             // Gather whatever else is already queued, up to a batch.
-            while batch.len() < 512 {
+            while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(m) => take(m, &mut batch, &mut waiters),
                     Err(_) => break,
@@ -85,7 +103,7 @@ pub fn spawn_writer(store: Store) -> (UsageSink, tokio::task::JoinHandle<()>) {
             }
         }
     });
-    (UsageSink { tx }, handle)
+    (UsageSink { tx, durable }, handle)
 }
 
 fn take(m: Msg, batch: &mut Vec<UsageRecord>, waiters: &mut Vec<oneshot::Sender<()>>) {
@@ -118,36 +136,57 @@ async fn write(store: &Store, batch: &mut Vec<UsageRecord>) {
 
 async fn insert(store: &Store, batch: &[UsageRecord]) -> Result<(), sqlx::Error> {
     let mut tx = store.pool().begin().await?;
-    for r in batch {
-        sqlx::query(
-            "INSERT INTO usage (request_id, attempt, created_at_ms, key_id, requested_model, group_name, channel_id, provider, \
-             upstream_model, is_stream, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_micros, \
-             latency_ms, ttft_ms, status, outcome, error_class, error_message) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
-        )
-        .bind(&r.request_id)
-        .bind(i64::from(r.attempt))
-        .bind(r.created_at_ms as i64)
-        .bind(&r.key_id)
-        .bind(&r.requested_model)
-        .bind(&r.group_name)
-        .bind(&r.channel_id)
-        .bind(&r.provider)
-        .bind(&r.upstream_model)
-        .bind(i64::from(r.is_stream))
-        .bind(r.prompt_tokens as i64)
-        .bind(r.completion_tokens as i64)
-        .bind(r.cached_tokens as i64)
-        .bind(r.reasoning_tokens as i64)
-        .bind(r.cost_micros)
-        .bind(r.latency_ms as i64)
-        .bind(r.ttft_ms.map(|t| t as i64))
-        .bind(i64::from(r.status))
-        .bind(r.outcome)
-        .bind(&r.error_class)
-        .bind(&r.error_message)
-        .execute(&mut *tx)
-        .await?;
+    for rows in batch.chunks(ROWS_PER_STATEMENT) {
+        // The statement text depends only on the number of rows: every value is a bound
+        // parameter. Statements are cached per row count.
+        let sql = insert_sql(rows.len());
+        let mut q = sqlx::query(&sql);
+        for r in rows {
+            q = q
+                .bind(r.request_id.clone())
+                .bind(i64::from(r.attempt))
+                .bind(r.created_at_ms as i64)
+                .bind(r.key_id.clone())
+                .bind(r.requested_model.clone())
+                .bind(r.group_name.clone())
+                .bind(r.channel_id.clone())
+                .bind(r.provider.clone())
+                .bind(r.upstream_model.clone())
+                .bind(i64::from(r.is_stream))
+                .bind(r.prompt_tokens as i64)
+                .bind(r.completion_tokens as i64)
+                .bind(r.cached_tokens as i64)
+                .bind(r.reasoning_tokens as i64)
+                .bind(r.cost_micros)
+                .bind(r.latency_ms as i64)
+                .bind(r.ttft_ms.map(|t| t as i64))
+                .bind(i64::from(r.status))
+                .bind(r.outcome)
+                .bind(r.error_class.clone())
+                .bind(r.error_message.clone());
+        }
+        q.execute(&mut *tx).await?;
     }
     tx.commit().await
+}
+
+/// `INSERT … VALUES ($1, …, $21), ($22, …), …` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO usage (request_id, attempt, created_at_ms, key_id, requested_model, group_name, channel_id, provider, \
+         upstream_model, is_stream, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_micros, \
+         latency_ms, ttft_ms, status, outcome, error_class, error_message) VALUES ",
+    );
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for col in 0..COLUMNS {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * COLUMNS + col + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
 }
