@@ -139,7 +139,7 @@ async fn insert(store: &Store, batch: &[UsageRecord]) -> Result<(), sqlx::Error>
     for rows in batch.chunks(ROWS_PER_STATEMENT) {
         // The statement text depends only on the number of rows: every value is a bound
         // parameter. Statements are cached per row count.
-        let sql = insert_sql(rows.len());
+        let sql = insert_sql(rows.len(), store.backend());
         let mut q = sqlx::query(&sql);
         for r in rows {
             q = q
@@ -170,8 +170,9 @@ async fn insert(store: &Store, batch: &[UsageRecord]) -> Result<(), sqlx::Error>
     tx.commit().await
 }
 
-/// `INSERT … VALUES ($1, …, $21), ($22, …), …` for `rows` rows.
-fn insert_sql(rows: usize) -> String {
+/// `INSERT … VALUES ($1, …, $21), ($22, …), …` for `rows` rows — with plain `?` on SQLite, whose
+/// driver looks numbered parameters up by name one by one (quadratic in a big statement).
+fn insert_sql(rows: usize, backend: super::Backend) -> String {
     let mut sql = String::from(
         "INSERT INTO usage (request_id, attempt, created_at_ms, key_id, requested_model, group_name, channel_id, provider, \
          upstream_model, is_stream, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_micros, \
@@ -183,8 +184,13 @@ fn insert_sql(rows: usize) -> String {
             if col > 0 {
                 sql.push_str(", ");
             }
-            sql.push('$');
-            sql.push_str(&(row * COLUMNS + col + 1).to_string());
+            match backend {
+                super::Backend::Sqlite => sql.push('?'),
+                super::Backend::Postgres => {
+                    sql.push('$');
+                    sql.push_str(&(row * COLUMNS + col + 1).to_string());
+                }
+            }
         }
         sql.push(')');
     }
