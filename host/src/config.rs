@@ -2,6 +2,7 @@
 //!
 //! Everything a reload checks is checked here, so `smart-router check` and a hot reload agree.
 
+mod channels;
 pub mod files;
 mod resolve;
 

@@ -1,25 +1,27 @@
 //! One upstream attempt: translate with the adapter, send, translate back, account.
 
+mod errors;
+mod outcome;
 mod stream;
+
+pub use errors::{class_name, redact};
+use errors::{client_error, fallback_classification};
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use crate::app::{App, Counters};
 use crate::budget::{Hold, Limits, Owner};
-use crate::components::adapter_api::exports::smart_router::gateway::translation::{
-    ErrorClass, ProviderError, RequestContext, Usage,
-};
+use crate::components::adapter_api::exports::smart_router::gateway::translation::RequestContext;
 use crate::components::{AdapterComponent, CallError, Components};
 use crate::config::{Channel, Config, Provider};
 use crate::pricing::{self, Moment};
 use crate::router::Facts;
 use crate::server::error::ApiError;
 use crate::stats::{ChannelStats, InFlight, Reservation, now_ms};
-use crate::store::UsageRecord;
 use crate::upstream::{UpstreamError, read_body};
 
 /// Completion tokens assumed for a quota reservation when the request sets no `max_tokens`.
@@ -317,170 +319,6 @@ pub async fn attempt(
     }
 }
 
-impl Attempt {
-    /// Adds the gateway's response headers.
-    pub fn tag(&self, response: &mut Response) {
-        let headers = response.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&self.scope.request_id) {
-            headers.insert("x-request-id", v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&self.channel.id) {
-            headers.insert("x-smart-router-channel", v);
-        }
-    }
-
-    /// The attempt's usage row; settles its quota reservation and budget holds, so call it once,
-    /// at the end.
-    fn record(
-        &self,
-        status: u16,
-        outcome: &'static str,
-        class: Option<&str>,
-        message: Option<String>,
-        usage: Option<&Usage>,
-        ttft_ms: Option<u64>,
-    ) -> UsageRecord {
-        let s = &self.scope;
-        let (p, c) = usage.map_or((0, 0), |u| {
-            (u64::from(u.prompt_tokens), u64::from(u.completion_tokens))
-        });
-        let cost_micros = self.channel.cost_micros(p, c, self.multiplier);
-        // The attempt is over: its quota reservation and budget holds become what it really used.
-        self.stats.quota.settle(
-            &self.reservation,
-            &self.channel,
-            p + c,
-            cost_micros.max(0) as u64,
-        );
-        self.scope
-            .app
-            .budgets
-            .settle(&self.hold, cost_micros.max(0) as u64);
-        UsageRecord {
-            request_id: s.request_id.clone(),
-            attempt: self.number,
-            created_at_ms: self.started_ms,
-            key_id: s.key_id.clone(),
-            requested_model: s.facts.model.clone(),
-            group_name: s.group.clone(),
-            channel_id: Some(self.channel.id.clone()),
-            provider: Some(self.channel.provider.clone()),
-            upstream_model: Some(self.channel.model.clone()),
-            is_stream: s.facts.is_stream,
-            prompt_tokens: p,
-            completion_tokens: c,
-            cached_tokens: usage.map_or(0, |u| u64::from(u.cached_tokens)),
-            reasoning_tokens: usage.map_or(0, |u| u64::from(u.reasoning_tokens)),
-            cost_micros,
-            latency_ms: self.started.elapsed().as_millis() as u64,
-            ttft_ms,
-            status,
-            outcome,
-            error_class: class.map(str::to_string),
-            error_message: message,
-        }
-    }
-
-    /// A successful attempt: statistics and the usage row.
-    pub async fn succeed(&self, usage: Option<Usage>, status: u16, ttft_ms: Option<u64>) {
-        let latency = self.started.elapsed().as_secs_f64() * 1000.0;
-        self.stats.record_success(
-            latency,
-            ttft_ms.map(|t| t as f64),
-            usage.as_ref().map_or(0, |u| u.completion_tokens),
-        );
-        let rec = self.record(status, "success", None, None, usage.as_ref(), ttft_ms);
-        self.scope.app.usage.record(rec).await;
-    }
-
-    /// A failed attempt that reached (or tried to reach) the upstream: health, cooldowns, the
-    /// usage row.
-    pub async fn fail(
-        &self,
-        class: &str,
-        message: &str,
-        status: u16,
-        usage: Option<&Usage>,
-        retry_after_ms: Option<u64>,
-    ) {
-        let now = now_ms();
-        let unhealthy = matches!(
-            class,
-            "server_error"
-                | "timeout"
-                | "connect"
-                | "stream_broken"
-                | "bad_stream"
-                | "empty_stream"
-                | "body"
-                | "unknown"
-        );
-        self.stats.record_failure(now, unhealthy);
-        match class {
-            // The account's limit: every channel sharing the provider's key waits.
-            "rate_limited" => {
-                self.park_account(now + retry_after_ms.unwrap_or(DEFAULT_RATE_LIMIT_MS), true)
-            }
-            // The key itself is refused or out of credit: the whole account, for long.
-            "auth" | "quota_exhausted" => self.park_account(now + ACCOUNT_FAILURE_MS, false),
-            "model_not_found" => self.stats.cool_down(now + ACCOUNT_FAILURE_MS),
-            _ => {}
-        }
-        Counters::bump(&self.scope.app.counters.upstream_failures);
-        let rec = self.record(
-            status,
-            "error",
-            Some(class),
-            Some(redact(message, &self.provider)),
-            usage,
-            None,
-        );
-        self.scope.app.usage.record(rec).await;
-    }
-
-    /// Cools down this channel and its siblings under the same provider entry (those with
-    /// `separate_rate_limit` are spared when `rate_limit`).
-    fn park_account(&self, until: u64, rate_limit: bool) {
-        self.stats.cool_down(until);
-        for ch in &self.scope.cfg.channels {
-            if ch.provider == self.channel.provider
-                && ch.id != self.channel.id
-                && !(rate_limit && ch.separate_rate_limit)
-            {
-                self.scope.app.stats.channel(&ch.id).cool_down(until);
-            }
-        }
-    }
-
-    /// Applies a classified provider error: health, cooldown, usage row, and the decision.
-    async fn provider_failed(&self, perr: ProviderError, status: u16) -> Failure {
-        let class = class_name(perr.class);
-        let client_fault = matches!(
-            perr.class,
-            ErrorClass::BadRequest | ErrorClass::ContentFiltered
-        );
-        if client_fault {
-            let rec = self.record(
-                status,
-                "client_error",
-                Some(class),
-                Some(redact(&perr.message, &self.provider)),
-                None,
-                None,
-            );
-            self.scope.app.usage.record(rec).await;
-            return Failure::Fatal(client_error(&perr, &self.provider));
-        }
-        self.fail(class, &perr.message, status, None, perr.retry_after_ms)
-            .await;
-        retry(
-            class,
-            redact(&perr.message, &self.provider),
-            perr.retry_after_ms,
-        )
-    }
-}
-
 /// The budgets an attempt on `channel` spends from: the key's, the group's, the channel's.
 fn budgets_of(scope: &RequestScope, channel: &Channel) -> Vec<(Owner, Limits)> {
     let mut out = vec![(Owner::Key(scope.key_id.clone()), scope.key_budget)];
@@ -516,74 +354,6 @@ fn adapter_failed(app: &App, adapter: &AdapterComponent, e: CallError) -> Failur
     adapter.streak.failure(&adapter.name);
     tracing::warn!("adapter failed: {e}");
     retry("adapter_error", e.to_string(), None)
-}
-
-/// The client's error from a provider's verdict that the request itself is at fault.
-fn client_error(perr: &ProviderError, provider: &Provider) -> ApiError {
-    let code = if perr.class == ErrorClass::ContentFiltered {
-        Some("content_filter")
-    } else {
-        None
-    };
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        code,
-        format!(
-            "The provider refused the request: {}",
-            redact(&perr.message, provider)
-        ),
-    )
-}
-
-/// Never let a provider echo its key back to a client or a log.
-pub fn redact(message: &str, provider: &Provider) -> String {
-    let mut out: String = message.chars().take(1000).collect();
-    if let Some(key) = &provider.api_key
-        && key.expose().len() >= 4
-    {
-        out = out.replace(key.expose(), "<redacted>");
-    }
-    out
-}
-
-/// Used when the adapter cannot classify: the status decides.
-fn fallback_classification(status: u16, headers: &[(String, String)]) -> ProviderError {
-    let class = match status {
-        429 => ErrorClass::RateLimited,
-        401 | 403 => ErrorClass::Auth,
-        402 => ErrorClass::QuotaExhausted,
-        404 => ErrorClass::ModelNotFound,
-        400 | 422 => ErrorClass::BadRequest,
-        408 | 504 => ErrorClass::Timeout,
-        _ => ErrorClass::ServerError,
-    };
-    let retry_after_ms = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
-        .and_then(|(_, v)| v.trim().parse::<f64>().ok())
-        .map(|s| (s * 1000.0) as u64);
-    ProviderError {
-        class,
-        temporary: status >= 500 || status == 429,
-        retry_after_ms,
-        message: format!("upstream status {status}"),
-    }
-}
-
-pub fn class_name(c: ErrorClass) -> &'static str {
-    match c {
-        ErrorClass::RateLimited => "rate_limited",
-        ErrorClass::Auth => "auth",
-        ErrorClass::QuotaExhausted => "quota_exhausted",
-        ErrorClass::ContextTooLong => "context_too_long",
-        ErrorClass::ContentFiltered => "content_filtered",
-        ErrorClass::BadRequest => "bad_request",
-        ErrorClass::ModelNotFound => "model_not_found",
-        ErrorClass::ServerError => "server_error",
-        ErrorClass::Timeout => "timeout",
-        ErrorClass::Unknown => "unknown",
-    }
 }
 
 /// A guard kept alive for the whole of an attempt.
