@@ -11,6 +11,7 @@ mod failover;
 mod gemini;
 mod health;
 mod hostile;
+mod openai;
 mod postgres;
 mod quota;
 mod reload;

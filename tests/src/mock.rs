@@ -31,6 +31,12 @@ pub enum Behaviour {
     Hang,
     /// Streams `n` content chunks, then breaks off with an error event inside the 200 stream.
     StreamErrorAfter(usize),
+    /// Answers exactly this: status, content type and body.
+    Raw {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+    },
 }
 
 /// One request the mock received.
@@ -145,6 +151,15 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
             resp
         }
         Behaviour::StreamErrorAfter(n) => answer(&body, &model, Some(n)),
+        Behaviour::Raw {
+            status,
+            content_type,
+            body,
+        } => Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .body(Body::from(body))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
     }
 }
 

@@ -4,6 +4,8 @@ use smart_router_sdk::{Candidate, Ranking, RequestInfo, Strategy, export_strateg
 
 struct Deep;
 
+// Recursing forever is the point: the host must survive the stack overflow.
+#[allow(unconditional_recursion)]
 #[inline(never)]
 fn dive(n: u64, pad: [u64; 16]) -> u64 {
     let next = std::hint::black_box(pad);

@@ -1,0 +1,104 @@
+//! The `openai` adapter against the quirks of OpenAI-compatible providers.
+
+use serde_json::{Value, json};
+use smart_router_tests::gateway::one_provider;
+use smart_router_tests::{Behaviour, Gateway, MockUpstream};
+
+async fn setup(models: &[&str]) -> (Gateway, MockUpstream) {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .providers(&one_provider(&mock.base_url(), models))
+        .start()
+        .await;
+    (gw, mock)
+}
+
+fn sse(events: &[Value]) -> String {
+    let mut s = String::from(": OPENROUTER PROCESSING\n\n");
+    for e in events {
+        s.push_str(&format!("data: {e}\n\n"));
+    }
+    s.push_str("data: [DONE]\n\n");
+    s
+}
+
+#[tokio::test]
+async fn vllm_errors_inside_a_200_body_are_errors() {
+    let (gw, mock) = setup(&["vllm"]).await;
+    mock.set("vllm", Behaviour::Raw { status: 200, content_type: "application/json",
+        body: json!({"object": "error", "message": "This model's maximum context length is 4096 tokens", "type": "BadRequestError", "param": null, "code": 400}).to_string() });
+    let resp = gw
+        .chat(json!({"model": "vllm", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(
+        resp.status(),
+        502,
+        "a context-length error tries elsewhere; with nowhere else, a gateway error"
+    );
+    let body: Value = resp.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("context_too_long"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn deepseek_reasoning_content_streams_through_and_counts_as_output() {
+    let (gw, mock) = setup(&["deepseek-reasoner"]).await;
+    let chunk = |delta: Value, finish: Value| json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "deepseek-reasoner", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    mock.set("deepseek-reasoner", Behaviour::Raw { status: 200, content_type: "text/event-stream", body: sse(&[
+        chunk(json!({"role": "assistant", "content": null, "reasoning_content": ""}), Value::Null),
+        chunk(json!({"reasoning_content": "Let me think."}), Value::Null),
+        chunk(json!({"content": "42"}), Value::Null),
+        chunk(json!({}), json!("stop")),
+        json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "deepseek-reasoner", "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14, "completion_tokens_details": {"reasoning_tokens": 4}, "prompt_tokens_details": {"cached_tokens": 1}}}),
+    ]) });
+    let resp = gw.chat(json!({"model": "deepseek-reasoner", "stream": true, "messages": [{"role": "user", "content": "x"}]})).await;
+    assert_eq!(resp.status(), 200);
+    let data = crate::chat::sse_data(&resp.text().await.expect("body"));
+    let chunks: Vec<Value> = data
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("json"))
+        .collect();
+    let reasoning: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["reasoning_content"].as_str())
+        .collect();
+    assert_eq!(reasoning, "Let me think.");
+    assert!(
+        chunks.iter().all(|c| c.get("usage").is_none()),
+        "the client did not ask for usage"
+    );
+    use sqlx::Row;
+    let rows = gw
+        .rows("SELECT completion_tokens, reasoning_tokens, cached_tokens FROM usage")
+        .await;
+    assert_eq!(
+        (
+            rows[0].get::<i64, _>("completion_tokens"),
+            rows[0].get::<i64, _>("reasoning_tokens"),
+            rows[0].get::<i64, _>("cached_tokens")
+        ),
+        (9, 4, 1)
+    );
+}
+
+#[tokio::test]
+async fn the_body_passes_through_with_the_channels_model() {
+    let (gw, mock) = setup(&["m"]).await;
+    let resp = gw
+        .chat(json!({"model": "m", "max_completion_tokens": 77, "temperature": 0.3, "seed": 7, "logit_bias": {"50256": -100}, "user": "u1",
+            "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let sent = &mock.calls("m")[0].body;
+    assert_eq!(sent["max_completion_tokens"], 77);
+    assert_eq!(sent["seed"], 7);
+    assert_eq!(sent["logit_bias"]["50256"], -100);
+    assert_eq!(sent["user"], "u1");
+}
