@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -198,6 +197,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         .or_else(|| cfg.system.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:8000".into());
     let max_body = cfg.system.max_body_bytes;
+    let header_timeout = cfg.system.header_read_timeout;
 
     // Spending so far, so budgets survive a restart.
     let budgets = crate::budget::Budgets::default();
@@ -248,16 +248,10 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let router = crate::server::router(app.clone(), max_body);
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        // No Nagle: stream chunks leave as soon as they are written.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+        crate::server::serve(listener, router, header_timeout, async move {
             let _ = stop.await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!("server error: {e}");
-        }
+        })
+        .await;
     });
     tracing::info!(%addr, "smart-router listening");
     Ok(Running {

@@ -64,6 +64,7 @@ impl std::fmt::Debug for Secret {
 pub struct System {
     pub listen: Option<String>,
     pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
     pub components_dir: PathBuf,
     pub component_timeout: Duration,
     pub component_memory_bytes: usize,

@@ -4,6 +4,9 @@ mod admin;
 mod auth;
 mod chat;
 pub mod error;
+mod listen;
+
+pub use listen::serve;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -2,6 +2,7 @@
 //! port 0, real SQLite. Built components come from `cargo xtask build`.
 
 mod anthropic;
+mod badinput;
 mod budgets;
 mod chat;
 mod cli;

@@ -282,6 +282,9 @@ pub struct ServerSection {
     pub listen: Option<String>,
     #[serde(default)]
     pub max_body_bytes: Option<usize>,
+    /// A client must send its request headers within this many seconds (default 10).
+    #[serde(default)]
+    pub header_read_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -315,6 +315,9 @@ fn system(dir: &Path, f: SystemFile) -> Result<System, ConfigError> {
         health_include_paid: f.health_checks.include_paid,
         listen: f.server.listen,
         max_body_bytes: f.server.max_body_bytes.unwrap_or(16 << 20),
+        header_read_timeout: Duration::from_secs(
+            f.server.header_read_timeout_secs.unwrap_or(10).max(1),
+        ),
         components_dir,
         component_timeout: Duration::from_millis(timeout_ms),
         component_memory_bytes: (f.components.memory_limit_mb.unwrap_or(64) as usize) << 20,
