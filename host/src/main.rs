@@ -191,34 +191,15 @@ async fn check(dir: PathBuf) -> anyhow::Result<ExitCode> {
     )?;
     let mut failed = false;
     let mut comps = smart_router::components::Components::default();
-    for kind in [
-        smart_router::components::Kind::Strategy,
-        smart_router::components::Kind::Adapter,
-    ] {
-        let folder = cfg.system.components_dir.join(kind.folder());
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(&folder)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        paths.sort();
-        for path in paths {
-            let name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            match smart_router::components::load_component(&rt, kind, &name, &path) {
-                Ok(loaded) => {
-                    println!("ok: {} `{name}` ({})", kind.label(), path.display());
-                    comps.insert(name, loaded);
-                }
-                Err(e) => {
-                    println!("error: {}: {e}", path.display());
-                    failed = true;
-                }
+    for (kind, name, path) in smart_router::reload::component_files(&cfg.system.components_dir) {
+        match smart_router::components::load_component(&rt, kind, &name, &path) {
+            Ok(loaded) => {
+                println!("ok: {} `{name}` ({})", kind.label(), path.display());
+                comps.insert(name, loaded);
+            }
+            Err(e) => {
+                println!("error: {}: {e}", path.display());
+                failed = true;
             }
         }
     }

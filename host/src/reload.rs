@@ -20,9 +20,10 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 /// …but a batch waits no longer than this, however busy the folders are.
 const MAX_DELAY: Duration = Duration::from_millis(600);
 
-/// Loads every component under `dir/strategies` and `dir/adapters`, logging the ones refused.
-pub fn load_all(rt: &Runtime, dir: &Path) -> Components {
-    let mut set = Components::default();
+/// The component files under `dir/strategies` and `dir/adapters`: kind, name and path, sorted.
+/// A missing folder is logged and yields nothing.
+pub fn component_files(dir: &Path) -> Vec<(Kind, String, PathBuf)> {
+    let mut files = Vec::new();
     for kind in [Kind::Strategy, Kind::Adapter] {
         let folder = dir.join(kind.folder());
         let Ok(entries) = std::fs::read_dir(&folder) else {
@@ -35,16 +36,22 @@ pub fn load_all(rt: &Runtime, dir: &Path) -> Components {
             .filter(|p| is_wasm(p))
             .collect();
         paths.sort();
-        for path in paths {
-            let name = component_name(&path);
-            match load_component(rt, kind, &name, &path) {
-                Ok(loaded) => {
-                    tracing::info!(file = %path.display(), "{} `{name}` loaded", kind.label());
-                    set.insert(name, loaded);
-                }
-                Err(e) => {
-                    tracing::error!(file = %path.display(), "refused {} file {}: {e}", kind.label(), path.display())
-                }
+        files.extend(paths.into_iter().map(|p| (kind, component_name(&p), p)));
+    }
+    files
+}
+
+/// Loads every component under `dir`, logging the ones refused.
+pub fn load_all(rt: &Runtime, dir: &Path) -> Components {
+    let mut set = Components::default();
+    for (kind, name, path) in component_files(dir) {
+        match load_component(rt, kind, &name, &path) {
+            Ok(loaded) => {
+                tracing::info!(file = %path.display(), "{} `{name}` loaded", kind.label());
+                set.insert(name, loaded);
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), "refused {} file {}: {e}", kind.label(), path.display())
             }
         }
     }

@@ -125,7 +125,8 @@ pub fn facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
     let needs_tools = match body.get("tools") {
         None | Some(Value::Null) => false,
         Some(Value::Array(t)) => {
-            text_bytes += Value::Array(t.clone()).to_string().len();
+            // Measured without copying the tool list.
+            text_bytes += serde_json::to_vec(t).map_or(0, |v| v.len());
             !t.is_empty()
         }
         Some(_) => return Err(ApiError::invalid_param("tools", "`tools` must be an array")),
@@ -239,7 +240,8 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
             unfit += 1;
             continue;
         }
-        let cooling = match stats.breaker(now) {
+        let breaker = stats.breaker(now);
+        let cooling = match breaker {
             Breaker::Open(until) => Some(until),
             _ => stats.cooling(now),
         };
@@ -247,7 +249,7 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
             earliest_recovery = Some(earliest_recovery.map_or(until, |e| e.min(until)));
             continue;
         }
-        let half_open = stats.breaker(now) == Breaker::HalfOpen;
+        let half_open = breaker == Breaker::HalfOpen;
         let snap = stats.snapshot();
         if used_share.is_some_and(|u| u >= 1.0) {
             continue;

@@ -75,7 +75,7 @@ impl Upstream {
         req: HttpRequest,
         first_byte: Duration,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        validate(&req, provider)?;
+        validate(&req)?;
         if provider.base_url.starts_with("mock:") {
             return Ok(mock::respond(&req));
         }
@@ -134,7 +134,7 @@ impl Upstream {
 }
 
 /// The host's checks of what an adapter asks it to send.
-fn validate(req: &HttpRequest, provider: &Provider) -> Result<(), UpstreamError> {
+fn validate(req: &HttpRequest) -> Result<(), UpstreamError> {
     let bad = |why: String| Err(UpstreamError::InvalidRequest(why));
     if !matches!(
         req.method.as_str(),
@@ -172,7 +172,6 @@ fn validate(req: &HttpRequest, provider: &Provider) -> Result<(), UpstreamError>
     {
         return bad(format!("auth name `{h}` is not valid"));
     }
-    let _ = provider;
     Ok(())
 }
 

@@ -22,6 +22,20 @@ pub fn sse_data(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// The `data:` payloads as JSON, with `[DONE]` kept as the string `"[DONE]"`.
+pub fn sse_values(body: &str) -> Vec<Value> {
+    sse_data(body)
+        .iter()
+        .map(|d| {
+            if d == "[DONE]" {
+                json!("[DONE]")
+            } else {
+                serde_json::from_str(d).expect("chunk")
+            }
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn non_streaming_answer_is_openai_shaped() {
     let (gw, mock) = gateway_with(&["m1"]).await;

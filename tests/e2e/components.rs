@@ -20,14 +20,8 @@ async fn setup(strategy: &str, loaded: &[&str]) -> (Gateway, MockUpstream) {
 }
 
 async fn channel_for(gw: &Gateway) -> String {
-    let resp = gw
-        .chat(json!({"model": "g", "messages": [{"role": "user", "content": "hi"}]}))
-        .await;
-    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
-    resp.headers()["x-smart-router-channel"]
-        .to_str()
-        .expect("ascii")
-        .to_string()
+    gw.served_by(json!({"model": "g", "messages": [{"role": "user", "content": "hi"}]}))
+        .await
 }
 
 /// A distinct but equivalent file: the same component with a custom section appended.

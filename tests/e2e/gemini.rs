@@ -101,18 +101,7 @@ async fn the_stream_matches_the_golden_fixture() {
     request["stream_options"] = json!({"include_usage": true});
     let resp = gw.chat(request).await;
     assert_eq!(resp.status(), 200);
-    let parse = |s: &str| -> Vec<Value> {
-        crate::chat::sse_data(s)
-            .iter()
-            .map(|d| {
-                if d == "[DONE]" {
-                    json!("[DONE]")
-                } else {
-                    serde_json::from_str(d).expect("chunk")
-                }
-            })
-            .collect()
-    };
+    let parse = crate::chat::sse_values;
     assert_eq!(
         parse(&resp.text().await.expect("body")),
         parse(&fixture("stream.openai.sse"))

@@ -9,17 +9,8 @@ use smart_router_tests::gateway::one_provider;
 use smart_router_tests::{Gateway, MockUpstream, component, logs};
 
 async fn route(gw: &Gateway, model: &str) -> (u16, String) {
-    let resp = gw
-        .chat(json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
-        .await;
-    let status = resp.status().as_u16();
-    let channel = resp
-        .headers()
-        .get("x-smart-router-channel")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    (status, channel)
+    gw.status_and_channel(json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+        .await
 }
 
 #[tokio::test]

@@ -126,12 +126,7 @@ fn ask(tokens: u32) -> serde_json::Value {
 }
 
 async fn served_by(gw: &Gateway, body: serde_json::Value) -> String {
-    let resp = gw.chat(body).await;
-    assert_eq!(resp.status(), 200);
-    resp.headers()["x-smart-router-channel"]
-        .to_str()
-        .expect("ascii")
-        .to_string()
+    gw.served_by(body).await
 }
 
 #[tokio::test]

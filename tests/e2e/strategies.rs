@@ -22,12 +22,7 @@ async fn setup(strategy: &str, channels: &str) -> (Gateway, MockUpstream) {
 }
 
 async fn route(gw: &Gateway, body: Value) -> String {
-    let resp = gw.chat(body).await;
-    assert_eq!(resp.status(), 200);
-    resp.headers()["x-smart-router-channel"]
-        .to_str()
-        .expect("ascii")
-        .to_string()
+    gw.served_by(body).await
 }
 
 fn hello() -> Value {

@@ -183,6 +183,32 @@ impl Gateway {
             .expect("request")
     }
 
+    /// Sends `body`; returns the status and the channel that answered (empty when none did).
+    pub async fn status_and_channel(&self, body: Value) -> (u16, String) {
+        let resp = self.chat(body).await;
+        let channel = resp
+            .headers()
+            .get("x-smart-router-channel")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (resp.status().as_u16(), channel)
+    }
+
+    /// Sends `body`, requires a 200, and returns the channel that answered.
+    pub async fn served_by(&self, body: Value) -> String {
+        let resp = self.chat(body).await;
+        let status = resp.status();
+        let channel = resp
+            .headers()
+            .get("x-smart-router-channel")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        assert_eq!(status, 200, "{:?}", resp.text().await);
+        channel
+    }
+
     /// The folder a strategy or adapter file goes in (`strategies` or `adapters`).
     pub fn components(&self, kind: &str) -> PathBuf {
         self.config.join("components").join(kind)
