@@ -121,6 +121,8 @@ pub struct Options {
     pub listen: Option<String>,
     /// Always accepted as a gateway key.
     pub master_key: Option<String>,
+    /// Where compiled components are cached; `None` compiles every load.
+    pub component_cache: Option<PathBuf>,
 }
 
 /// A running gateway.
@@ -181,6 +183,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let runtime = Runtime::new(
         cfg.system.component_timeout,
         cfg.system.component_memory_bytes,
+        opts.component_cache.as_deref(),
     )?;
     let comps = {
         let rt = runtime.clone();

@@ -145,6 +145,13 @@ impl Channel {
             || self.daily_cost_limit_micros.is_some()
     }
 
+    /// An embeddings model, which serves `/v1/embeddings` only: it must say so.
+    pub fn is_embeddings(&self) -> bool {
+        self.capabilities
+            .as_ref()
+            .is_some_and(|caps| caps.contains(&Capability::Embeddings))
+    }
+
     pub fn has(&self, capability: Capability) -> bool {
         self.capabilities
             .as_ref()

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::app::App;
 use crate::proxy::{RequestScope, attempt};
-use crate::router::Facts;
+use crate::router::{Endpoint, Facts};
 
 /// Runs health-check rounds for as long as the gateway runs.
 pub fn spawn(app: Arc<App>) -> tokio::task::JoinHandle<()> {
@@ -48,16 +48,22 @@ pub async fn round(app: &Arc<App>) {
             cfg: cfg.clone(),
             comps: comps.clone(),
             facts: Facts {
+                endpoint: if ch.is_embeddings() {
+                    Endpoint::Embeddings
+                } else {
+                    Endpoint::Chat
+                },
                 model: ch.id.clone(),
-                is_stream: false,
-                include_usage: false,
-                needs_tools: false,
-                needs_vision: false,
-                needs_json: false,
                 estimated_prompt_tokens: 5,
                 max_output_tokens: Some(1),
+                ..Facts::default()
             },
-            body: serde_json::json!({"model": ch.model, "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]}).to_string(),
+            body: if ch.is_embeddings() {
+                serde_json::json!({"model": ch.model, "input": "ping"})
+            } else {
+                serde_json::json!({"model": ch.model, "max_tokens": 1, "messages": [{"role": "user", "content": "ping"}]})
+            }
+            .to_string(),
             request_id: format!("hc_{:016x}", fastrand::u64(..)),
             key_id: "health-check".into(),
             key_budget: Default::default(),

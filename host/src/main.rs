@@ -34,6 +34,13 @@ enum Command {
             default_value = "sqlite://data/smart-router.db"
         )]
         database: String,
+        /// Where compiled components are cached across restarts (`none` turns it off).
+        #[arg(
+            long,
+            env = "SMART_ROUTER_COMPONENT_CACHE",
+            default_value = "data/component-cache"
+        )]
+        component_cache: String,
     },
     /// Validate a configuration folder and its components as a reload would, then exit.
     Check {
@@ -115,12 +122,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
             listen,
             database,
+            component_cache,
         } => {
             let running = smart_router::start(smart_router::Options {
                 config_dir: config,
                 database_url: database,
                 listen,
                 master_key: std::env::var("SMART_ROUTER_MASTER_KEY").ok(),
+                component_cache: (component_cache != "none").then(|| component_cache.into()),
             })
             .await?;
             running.until_signal().await;
@@ -188,6 +197,7 @@ async fn check(dir: PathBuf) -> anyhow::Result<ExitCode> {
     let rt = smart_router::components::Runtime::new(
         cfg.system.component_timeout,
         cfg.system.component_memory_bytes,
+        None,
     )?;
     let mut failed = false;
     let mut comps = smart_router::components::Components::default();

@@ -15,11 +15,13 @@ use axum::response::{IntoResponse, Response};
 
 use crate::app::{App, Counters};
 use crate::budget::{Hold, Limits, Owner};
-use crate::components::adapter_api::exports::smart_router::gateway::translation::RequestContext;
+use crate::components::adapter_api::exports::smart_router::gateway::translation::{
+    ChatResponse, RequestContext, Usage,
+};
 use crate::components::{AdapterComponent, CallError, Components};
 use crate::config::{Channel, Config, Provider};
 use crate::pricing::{self, Moment};
-use crate::router::Facts;
+use crate::router::{Endpoint, Facts};
 use crate::server::error::ApiError;
 use crate::stats::{ChannelStats, InFlight, Reservation, now_ms};
 use crate::upstream::{UpstreamError, read_body};
@@ -201,7 +203,13 @@ pub async fn attempt(
             return Err(adapter_failed(&scope.app, &adapter, e));
         }
     };
-    let http = match session.translate_request(&ctx, &scope.body) {
+    let embeddings = scope.facts.endpoint == Endpoint::Embeddings;
+    let translated = if embeddings {
+        session.translate_embeddings_request(&ctx, &scope.body)
+    } else {
+        session.translate_request(&ctx, &scope.body)
+    };
+    let http = match translated {
         Ok(Ok(r)) => r,
         Ok(Err(perr)) => {
             unreserve(&stats);
@@ -291,7 +299,14 @@ pub async fn attempt(
             return Err(retry("body", e.to_string(), None));
         }
     };
-    match session.translate_response(&ctx, resp.status, &body) {
+    let translated = if embeddings {
+        session
+            .translate_embeddings_response(&ctx, resp.status, &body)
+            .map(|r| r.map(|out| with_estimated_usage(out, scope.facts.estimated_prompt_tokens)))
+    } else {
+        session.translate_response(&ctx, resp.status, &body)
+    };
+    match translated {
         Ok(Ok(out)) if !is_json_object(&out.body) => {
             let e = CallError::Malformed {
                 component: adapter.name.to_string(),
@@ -341,6 +356,32 @@ fn retry(class: &'static str, message: impl Into<String>, retry_after_ms: Option
         message: message.into(),
         retry_after_ms,
     }
+}
+
+/// An embeddings answer from a provider that reports no token counts (Gemini's) is billed on the
+/// host's estimate, and the client's body gains the `usage` object OpenAI's format promises.
+fn with_estimated_usage(mut out: ChatResponse, estimate: u32) -> ChatResponse {
+    if out.usage.is_some() {
+        return out;
+    }
+    let trimmed = out.body.trim_end();
+    if let Some(open) = trimmed.strip_suffix('}') {
+        let separator = if open.trim_end().ends_with('{') {
+            ""
+        } else {
+            ","
+        };
+        out.body = format!(
+            "{open}{separator}\"usage\":{{\"prompt_tokens\":{estimate},\"total_tokens\":{estimate}}}}}"
+        );
+    }
+    out.usage = Some(Usage {
+        prompt_tokens: estimate,
+        completion_tokens: 0,
+        cached_tokens: 0,
+        reasoning_tokens: 0,
+    });
+    out
 }
 
 /// True when `text` is one JSON object (checked without building it).

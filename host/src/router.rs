@@ -6,16 +6,34 @@ use serde_json::{Map, Value};
 use crate::app::{App, Counters};
 use crate::components::Components;
 use crate::components::strategy_api::smart_router::gateway::types::{
-    Candidate, Health, RequestInfo,
+    Candidate, Endpoint as WitEndpoint, Health, RequestInfo,
 };
 use crate::config::{Capability, Config, Member};
 use crate::pricing::{self, Moment};
 use crate::server::error::ApiError;
 use crate::stats::{Breaker, now_ms};
 
-/// What the host reads off a chat request.
-#[derive(Debug, Clone)]
+/// The OpenAI API a request came in on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Endpoint {
+    #[default]
+    Chat,
+    Embeddings,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// What the host reads off a request.
+#[derive(Debug, Clone, Default)]
 pub struct Facts {
+    pub endpoint: Endpoint,
     pub model: String,
     pub is_stream: bool,
     pub include_usage: bool,
@@ -26,23 +44,75 @@ pub struct Facts {
     pub max_output_tokens: Option<u32>,
 }
 
-/// Validates the parts of a chat request the gateway relies on and derives its needs.
-pub fn facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
-    let model = match body.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(_) => {
-            return Err(ApiError::invalid_param(
-                "model",
-                "`model` must be a non-empty string",
-            ));
+fn model_of(body: &Map<String, Value>) -> Result<String, ApiError> {
+    match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => Ok(m.clone()),
+        Some(_) => Err(ApiError::invalid_param(
+            "model",
+            "`model` must be a non-empty string",
+        )),
+        None => Err(ApiError::invalid_param(
+            "model",
+            "you must provide a model parameter",
+        )),
+    }
+}
+
+/// Validates an embeddings request (`input`: a string, a list of strings, a list of token ids,
+/// or a list of token-id lists; never empty) and estimates its tokens.
+pub fn embeddings_facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
+    let model = model_of(body)?;
+    let bad = |why: &str| ApiError::invalid_param("input", why.to_string());
+    let tokens = match body.get("input") {
+        None | Some(Value::Null) => return Err(bad("missing required parameter: `input`")),
+        Some(Value::String(s)) if s.is_empty() => {
+            return Err(bad("`input` must not be an empty string"));
         }
-        None => {
-            return Err(ApiError::invalid_param(
-                "model",
-                "you must provide a model parameter",
+        Some(Value::String(s)) => s.len() / 4 + 1,
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(bad("`input` must not be an empty array"));
+        }
+        Some(Value::Array(items)) => {
+            // One kind throughout: strings, token ids, or lists of token ids.
+            let kind = |v: &Value| match v {
+                Value::String(s) if !s.is_empty() => Some(0),
+                Value::Number(n) if n.is_u64() => Some(1),
+                Value::Array(ids) if !ids.is_empty() && ids.iter().all(Value::is_u64) => Some(2),
+                _ => None,
+            };
+            let first = kind(&items[0]);
+            let mut tokens = 0usize;
+            for (i, item) in items.iter().enumerate() {
+                if first.is_none() || kind(item) != first {
+                    return Err(bad(&format!(
+                        "input[{i}] must be a non-empty string, a token id or a list of token ids, like every other item"
+                    )));
+                }
+                tokens += match item {
+                    Value::String(s) => s.len() / 4 + 1,
+                    Value::Array(ids) => ids.len(),
+                    _ => 1,
+                };
+            }
+            tokens
+        }
+        Some(_) => {
+            return Err(bad(
+                "`input` must be a string, a list of strings or a list of token ids",
             ));
         }
     };
+    Ok(Facts {
+        endpoint: Endpoint::Embeddings,
+        model,
+        estimated_prompt_tokens: tokens.min(u32::MAX as usize) as u32,
+        ..Facts::default()
+    })
+}
+
+/// Validates the parts of a chat request the gateway relies on and derives its needs.
+pub fn facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
+    let model = model_of(body)?;
     let messages = match body.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
         Some(Value::Array(_)) => {
@@ -142,6 +212,7 @@ pub fn facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
         .and_then(Value::as_bool)
         == Some(true);
     Ok(Facts {
+        endpoint: Endpoint::Chat,
         model,
         is_stream,
         include_usage,
@@ -192,6 +263,7 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
     let mut chosen: Vec<&Member> = Vec::with_capacity(members.len());
     let mut earliest_recovery: Option<u64> = None;
     let mut unfit = 0usize;
+    let mut other_endpoint = 0usize;
     for m in members {
         let ch = &cfg.channels[m.channel];
         if ch.disabled.is_some() {
@@ -211,6 +283,11 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
         let needed = facts
             .estimated_prompt_tokens
             .saturating_add(facts.max_output_tokens.unwrap_or(0));
+        // Embeddings models serve `/v1/embeddings` only, and only they do.
+        if ch.is_embeddings() != (facts.endpoint == Endpoint::Embeddings) {
+            other_endpoint += 1;
+            continue;
+        }
         let fits = (!facts.needs_tools || ch.has(Capability::FunctionCalling))
             && (!facts.needs_vision || ch.has(Capability::Vision))
             && (!facts.needs_json || ch.has(Capability::JsonMode))
@@ -312,6 +389,15 @@ pub fn plan(app: &App, cfg: &Config, comps: &Components, facts: &Facts) -> Resul
                 "No channel of `{label}` supports what this request needs ({need})."
             )));
         }
+        if other_endpoint > 0 {
+            let (kind, endpoint) = match facts.endpoint {
+                Endpoint::Chat => ("chat", "/v1/embeddings"),
+                Endpoint::Embeddings => ("embeddings", "/v1/chat/completions"),
+            };
+            return Err(ApiError::invalid(format!(
+                "`{label}` has no {kind} models: its channels serve {endpoint}."
+            )));
+        }
         return Err(ApiError::unavailable(format!(
             "No channel of `{label}` is available right now (disabled, out of daily quota, or its adapter is not loaded)."
         )));
@@ -369,6 +455,10 @@ fn rank(
         now_ms: now,
         random: fastrand::u64(..),
         sequence: app.stats.next_sequence(&facts.model),
+        endpoint: match facts.endpoint {
+            Endpoint::Chat => WitEndpoint::Chat,
+            Endpoint::Embeddings => WitEndpoint::Embeddings,
+        },
     };
     match component.rank(&app.runtime, &info, candidates, params) {
         Ok(r) if !r.order.is_empty() => {

@@ -26,6 +26,8 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/chat/completions", post(chat::completions))
+        .route("/v1/embeddings", post(chat::embeddings))
+        .route("/embeddings", post(chat::embeddings))
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .route("/health", get(health))

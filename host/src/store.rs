@@ -31,12 +31,20 @@ pub enum Backend {
 const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_key_budgets.sql")),
+    (
+        3,
+        include_str!("../migrations/sqlite/0003_usage_endpoint.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (
         2,
         include_str!("../migrations/postgres/0002_key_budgets.sql"),
+    ),
+    (
+        3,
+        include_str!("../migrations/postgres/0003_usage_endpoint.sql"),
     ),
 ];
 

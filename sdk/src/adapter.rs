@@ -34,6 +34,35 @@ pub trait Adapter {
 
     /// Classifies a non-2xx response.
     fn classify_error(status: u16, headers: &[(String, String)], body: &[u8]) -> ProviderError;
+
+    /// Translates the client's OpenAI `embeddings` request body. The default answers
+    /// `unsupported`, for providers with no embeddings API: the host moves on to the next
+    /// channel.
+    fn translate_embeddings_request(
+        ctx: &RequestContext,
+        body: &str,
+    ) -> Result<HttpRequest, ProviderError> {
+        let _ = (ctx, body);
+        Err(ProviderError::new(
+            ErrorClass::Unsupported,
+            "this adapter has no embeddings",
+        ))
+    }
+
+    /// Translates a successful embeddings response into OpenAI's `list` of `embedding` objects.
+    /// Report the provider's token counts in the `usage`; with `None` the host bills its own
+    /// estimate and adds it to the body.
+    fn translate_embeddings_response(
+        ctx: &RequestContext,
+        status: u16,
+        body: &[u8],
+    ) -> Result<ChatResponse, ProviderError> {
+        let _ = (ctx, status, body);
+        Err(ProviderError::new(
+            ErrorClass::Unsupported,
+            "this adapter has no embeddings",
+        ))
+    }
 }
 
 /// Translates one streaming response, one upstream event at a time.
@@ -117,6 +146,19 @@ macro_rules! export_adapter {
                     body: ::std::vec::Vec<u8>,
                 ) -> ::std::result::Result<$crate::ChatResponse, $crate::ProviderError> {
                     <$t as $crate::Adapter>::translate_response(&ctx, status, &body)
+                }
+                fn translate_embeddings_request(
+                    ctx: $crate::RequestContext,
+                    body: ::std::string::String,
+                ) -> ::std::result::Result<$crate::HttpRequest, $crate::ProviderError> {
+                    <$t as $crate::Adapter>::translate_embeddings_request(&ctx, &body)
+                }
+                fn translate_embeddings_response(
+                    ctx: $crate::RequestContext,
+                    status: u16,
+                    body: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<$crate::ChatResponse, $crate::ProviderError> {
+                    <$t as $crate::Adapter>::translate_embeddings_response(&ctx, status, &body)
                 }
                 fn classify_error(
                     status: u16,

@@ -85,6 +85,10 @@ async fn serve_answers_with_a_created_key_and_stops_gracefully_on_sigterm() {
         ])
         .env_remove("SMART_ROUTER_MASTER_KEY")
         .env("NO_COLOR", "1")
+        .env(
+            "SMART_ROUTER_COMPONENT_CACHE",
+            smart_router_tests::target_dir().join("component-cache"),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -27,6 +27,10 @@ fn start(config: &std::path::Path, db: &str) -> (std::process::Child, String) {
         .arg(config)
         .env("SMART_ROUTER_MASTER_KEY", "sk-crash")
         .env("NO_COLOR", "1")
+        .env(
+            "SMART_ROUTER_COMPONENT_CACHE",
+            smart_router_tests::target_dir().join("component-cache"),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .expect("serve");

@@ -28,12 +28,19 @@ async fn generate(
         .map(|p| p.to_string())
         .unwrap_or_default();
     let stream = path.contains(":streamGenerateContent");
+    let embed = path.contains(":batchEmbedContents");
     seen.lock().expect("lock").push((
         path,
         headers,
         serde_json::from_slice(&body).unwrap_or(Value::Null),
     ));
-    if stream {
+    if embed {
+        (
+            [("content-type", "application/json")],
+            fixture("embed.response.gemini.json"),
+        )
+            .into_response()
+    } else if stream {
         (
             [("content-type", "text/event-stream")],
             fixture("stream.gemini.sse"),
@@ -62,7 +69,7 @@ async fn setup() -> (Gateway, Arc<Seen>) {
     });
     let gw = Gateway::builder()
         .providers(&format!(
-            "providers:\n  gemini:\n    adapter: gemini\n    base_url: http://{addr}\n    api_key: test-gemini-key\n    channels: [{{model: gemini-test}}]\n"
+            "providers:\n  gemini:\n    adapter: gemini\n    base_url: http://{addr}\n    api_key: test-gemini-key\n    channels: [{{model: gemini-test}}, {{model: text-embedding-004, capabilities: [embeddings], input_cost_per_1k: 0.001}}]\n"
         ))
         .adapters(&["gemini"])
         .start()
@@ -111,4 +118,35 @@ async fn the_stream_matches_the_golden_fixture() {
             .0
             .ends_with(":streamGenerateContent?alt=sse")
     );
+}
+
+/// Embeddings: `batchEmbedContents` out, OpenAI's `list` back. Gemini reports no token counts, so
+/// the host bills its estimate (4 bytes a token, 5 + 3 here) and puts it in the body.
+#[tokio::test]
+async fn embeddings_match_the_golden_fixtures() {
+    let (gw, seen) = setup().await;
+    let resp = gw
+        .embeddings(serde_json::from_str(&fixture("embed.request.openai.json")).expect("json"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let got: Value = resp.json().await.expect("json");
+    assert_eq!(
+        got,
+        serde_json::from_str::<Value>(&fixture("embed.response.openai.json")).expect("json")
+    );
+    let (path, headers, sent) = seen.lock().expect("lock")[0].clone();
+    assert_eq!(path, fixture("embed.request.path").trim());
+    assert_eq!(
+        sent,
+        serde_json::from_str::<Value>(&fixture("embed.request.gemini.json")).expect("json")
+    );
+    assert_eq!(headers["x-goog-api-key"], "test-gemini-key");
+    let rows = gw
+        .rows("SELECT endpoint, prompt_tokens, cost_micros FROM usage")
+        .await;
+    use sqlx::Row;
+    assert_eq!(rows[0].get::<String, _>("endpoint"), "embeddings");
+    assert_eq!(rows[0].get::<i64, _>("prompt_tokens"), 8);
+    // 8 tokens at $0.001 per 1,000.
+    assert_eq!(rows[0].get::<i64, _>("cost_micros"), 8);
 }

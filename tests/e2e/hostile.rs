@@ -58,6 +58,23 @@ async fn strategies_that_exhaust_memory_or_stack_fall_back_and_are_quarantined()
     }
 }
 
+/// A guest that leaks memory on every call is retired once past half its memory cap, before it
+/// traps: 40 calls, each leaking 4 MiB under a 64 MiB cap, and not one fails.
+#[tokio::test]
+async fn a_leaking_strategy_is_replaced_before_it_hits_its_memory_cap() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .providers(&one_provider(&mock.base_url(), &["a", "b"]))
+        .groups("model_groups:\n  g: {strategy: leak}\n")
+        .strategies(&["leak"])
+        .start()
+        .await;
+    for _ in 0..40 {
+        assert_eq!(route(&gw, "g").await, (200, "up/b".to_string()));
+    }
+    assert_eq!(gw.app.counters.strategy_failures.load(Ordering::Relaxed), 0);
+}
+
 #[tokio::test]
 async fn hostile_adapters_cost_a_failover_and_never_leak_or_redirect() {
     let modes = [

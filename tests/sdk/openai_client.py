@@ -74,4 +74,18 @@ try:
 except openai.APIStatusError as e:
     assert e.status_code == 502, e.status_code
 
+# Embeddings through a group: the SDK asks for base64 by default and accepts float lists too.
+e = client.embeddings.create(model="auto:embed", input=["first text", "second text"])
+assert [d.index for d in e.data] == [0, 1], e
+assert len(e.data[0].embedding) == 8 and e.data[0].embedding != e.data[1].embedding, e
+assert abs(sum(x * x for x in e.data[0].embedding) - 1.0) < 1e-3, e.data[0].embedding
+assert e.usage.prompt_tokens > 0, e.usage
+e = client.embeddings.create(model="mock-embed", input="one", dimensions=3, encoding_format="float")
+assert len(e.data[0].embedding) == 3, e
+try:
+    client.embeddings.create(model="auto:free", input="x")
+    raise AssertionError("expected BadRequestError")
+except openai.BadRequestError as e:
+    assert "no embeddings models" in e.body["message"], e.body
+
 print("openai-sdk: all checks passed")

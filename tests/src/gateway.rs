@@ -136,6 +136,8 @@ impl GatewayBuilder {
             database_url: database,
             listen: Some("127.0.0.1:0".into()),
             master_key: Some(KEY.into()),
+            // Shared by every test: each component is compiled once per run, not once per test.
+            component_cache: Some(crate::target_dir().join("component-cache")),
         })
         .await
         .expect("gateway starts");
@@ -174,8 +176,18 @@ impl Gateway {
 
     /// `POST /v1/chat/completions` with the master key.
     pub async fn chat(&self, body: Value) -> reqwest::Response {
+        self.post("/v1/chat/completions", body).await
+    }
+
+    /// `POST /v1/embeddings` with the master key.
+    pub async fn embeddings(&self, body: Value) -> reqwest::Response {
+        self.post("/v1/embeddings", body).await
+    }
+
+    /// `POST path` with the master key and a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
         self.client
-            .post(self.url("/v1/chat/completions"))
+            .post(self.url(path))
             .bearer_auth(KEY)
             .json(&body)
             .send()

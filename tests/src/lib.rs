@@ -13,6 +13,11 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The workspace's target folder.
+pub fn target_dir() -> PathBuf {
+    root().join("target")
+}
+
 /// A built component: `kind` is `strategies` or `adapters`. Built-ins come from
 /// `config/components`, test fixtures from `target/test-components` (both made by `cargo xtask build`).
 pub fn component(kind: &str, name: &str) -> PathBuf {

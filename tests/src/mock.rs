@@ -65,6 +65,7 @@ impl MockUpstream {
         let state = Arc::new(MockState::default());
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
+            .route("/v1/embeddings", post(embeddings))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -106,13 +107,32 @@ impl MockUpstream {
 }
 
 async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    serve(&state, "/v1/chat/completions", headers, &body).await
+}
+
+async fn embeddings(
+    State(state): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    serve(&state, "/v1/embeddings", headers, &body).await
+}
+
+async fn serve(state: &MockState, path: &str, headers: HeaderMap, body: &[u8]) -> Response {
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let model = body["model"].as_str().unwrap_or("").to_string();
     state.received.lock().expect("lock").push(Received {
-        path: "/v1/chat/completions".into(),
+        path: path.into(),
         headers,
         body: body.clone(),
     });
+    let answer = |body: &Value, model: &str, break_after: Option<usize>| {
+        if path == "/v1/embeddings" {
+            embedding(body, model)
+        } else {
+            answer(body, model, break_after)
+        }
+    };
     let behaviour = state
         .behaviours
         .lock()
@@ -161,6 +181,26 @@ async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Byt
             .body(Body::from(body))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
     }
+}
+
+/// One 3-number vector per input, `[index, length of the text, 1]`, and 5 prompt tokens per input.
+fn embedding(body: &Value, model: &str) -> Response {
+    let inputs: Vec<Value> = match &body["input"] {
+        Value::Array(items) => items.clone(),
+        other => vec![other.clone()],
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let len = text.as_str().map_or(0, str::len);
+            json!({"object": "embedding", "index": i, "embedding": [i as f64, len as f64, 1.0]})
+        })
+        .collect();
+    let tokens = 5 * inputs.len();
+    axum::Json(json!({"object": "list", "data": data, "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+    .into_response()
 }
 
 fn answer(body: &Value, model: &str, break_after: Option<usize>) -> Response {

@@ -7,6 +7,7 @@
 //! packages when missing. See `../shared/notes/wasm-toolchain.md` for the background.
 
 mod guests;
+mod polyglot;
 mod toolchain;
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ fn main() -> ExitCode {
         Some("build") => build(&root),
         Some("run") => build(&root).and_then(|()| run(&root, &args[1..])),
         Some("test") => build(&root).and_then(|()| test(&root, &args[1..])),
-        Some("guests") => guests::build_all(&root),
+        Some("guests") => guests::build_all(&root).and_then(|()| polyglot::build_all(&root)),
         _ => {
             eprintln!("usage: cargo xtask <build|run|test|guests> [args]\n");
             eprintln!("  build   build target/release/smart-router and every component");
@@ -27,7 +28,9 @@ fn main() -> ExitCode {
             eprintln!(
                 "  test    build, then run the whole test suite (extra args go to the test runner)"
             );
-            eprintln!("  guests  build only the WebAssembly components");
+            eprintln!(
+                "  guests  build only the WebAssembly components (with the Python, JavaScript and WAT examples)"
+            );
             return ExitCode::from(2);
         }
     };
@@ -87,6 +90,7 @@ fn run(root: &Path, extra: &[String]) -> Result<(), String> {
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<(), String> {
+    polyglot::build_all(root)?;
     let python = guests::python_with_openai(root);
     let nextest = Command::new("cargo")
         .args(["nextest", "--version"])

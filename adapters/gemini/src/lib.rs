@@ -1,5 +1,5 @@
 //! `gemini`: Google's Generative Language API (Gemini, `v1beta`): `models/{model}:generateContent`
-//! and `:streamGenerateContent?alt=sse`.
+//! and `:streamGenerateContent?alt=sse`, and `:batchEmbedContents` for embeddings.
 //!
 //! Requests are translated from OpenAI `chat.completions` (system messages lifted to
 //! `systemInstruction`, turns mapped to `user` / `model` and merged, tool calls and results turned
@@ -15,6 +15,7 @@
 //! - `headers: {name: value}` — extra headers.
 
 mod contents;
+mod embed;
 mod errors;
 mod request;
 mod response;
@@ -46,6 +47,21 @@ impl Adapter for Gemini {
     fn classify_error(status: u16, headers: &[(String, String)], body: &[u8]) -> ProviderError {
         let body = json::from_slice::<Value>(body).unwrap_or(Value::Null);
         errors::classify(status, headers, &body)
+    }
+
+    fn translate_embeddings_request(
+        ctx: &RequestContext,
+        body: &str,
+    ) -> Result<HttpRequest, ProviderError> {
+        embed::translate_request(ctx, body)
+    }
+
+    fn translate_embeddings_response(
+        ctx: &RequestContext,
+        status: u16,
+        body: &[u8],
+    ) -> Result<ChatResponse, ProviderError> {
+        embed::translate_response(ctx, status, body)
     }
 }
 

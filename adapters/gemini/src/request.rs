@@ -17,12 +17,32 @@ pub fn translate(ctx: &RequestContext, body: &str) -> Result<HttpRequest, Provid
     };
     let options: Value = json::from_str(&ctx.options).unwrap_or(Value::Null);
     let out = generate_body(&req, &options)?;
-    let version = options
+    let version = api_version(&options);
+    let method = if ctx.is_stream {
+        "streamGenerateContent?alt=sse"
+    } else {
+        "generateContent"
+    };
+    Ok(post(
+        &format!("/{}/{}:{method}", encode(version), model_name(&ctx.model)),
+        ctx.is_stream,
+        &options,
+        Value::Object(out),
+    ))
+}
+
+/// The API version a provider's options name (`v1beta` by default).
+pub fn api_version(options: &Value) -> &str {
+    options
         .get("api_version")
         .and_then(Value::as_str)
-        .unwrap_or(DEFAULT_VERSION);
+        .unwrap_or(DEFAULT_VERSION)
+}
+
+/// A JSON `POST` to `path` with the key in `x-goog-api-key` and the provider's extra headers.
+pub fn post(path: &str, stream: bool, options: &Value, body: Value) -> HttpRequest {
     let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
-    if ctx.is_stream {
+    if stream {
         headers.push(("accept".into(), "text/event-stream".into()));
     }
     if let Some(extra) = options.get("headers").and_then(Value::as_object) {
@@ -32,34 +52,28 @@ pub fn translate(ctx: &RequestContext, body: &str) -> Result<HttpRequest, Provid
             }
         }
     }
-    Ok(HttpRequest {
+    HttpRequest {
         method: "POST".into(),
-        path: model_path(version, &ctx.model, ctx.is_stream),
+        path: path.into(),
         headers,
-        body: Value::Object(out).to_string().into_bytes(),
+        body: body.to_string().into_bytes(),
         auth: Auth::Header("x-goog-api-key".into()),
-    })
+    }
 }
 
-/// `/v1beta/models/{model}:generateContent`. A model that names its collection
-/// (`tunedModels/…`, `models/…`) keeps it.
-fn model_path(version: &str, model: &str, stream: bool) -> String {
+/// `models/{model}`, URL-encoded. A model that names its collection (`tunedModels/…`,
+/// `models/…`) keeps it.
+pub fn model_name(model: &str) -> String {
     let model = model.trim_matches('/');
-    let name = if model.contains('/') {
+    if model.contains('/') {
         encode(model)
     } else {
         format!("models/{}", encode(model))
-    };
-    let method = if stream {
-        "streamGenerateContent?alt=sse"
-    } else {
-        "generateContent"
-    };
-    format!("/{}/{name}:{method}", encode(version))
+    }
 }
 
 /// Percent-encodes everything but unreserved characters and `/`.
-fn encode(s: &str) -> String {
+pub fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {

@@ -1,7 +1,8 @@
 //! `openai`: any OpenAI-compatible upstream (OpenAI, Groq, OpenRouter, DeepSeek, SiliconFlow,
 //! vLLM, Ollama, …). The request passes through with the channel's model; streams ask upstream for
 //! usage and drop the usage chunk again when the client did not ask for it; errors — including
-//! ones inside a 200 response or stream — are classified.
+//! ones inside a 200 response or stream — are classified. Embeddings pass through to
+//! `/embeddings` the same way.
 //!
 //! Provider options (`providers.yaml` → `options`):
 //! - `stream_usage: false` — do not add `stream_options.include_usage` (for upstreams that refuse it);
@@ -72,23 +73,48 @@ impl Adapter for OpenAi {
                 so.insert("include_usage".into(), Value::Bool(true));
             }
         }
-        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
-        if ctx.is_stream {
-            headers.push(("accept".into(), "text/event-stream".into()));
+        Ok(post(
+            "/chat/completions",
+            ctx.is_stream,
+            &options,
+            Value::Object(req),
+        ))
+    }
+
+    fn translate_embeddings_request(
+        ctx: &RequestContext,
+        body: &str,
+    ) -> Result<HttpRequest, ProviderError> {
+        let Ok(Value::Object(mut req)) = smart_router_sdk::json::from_str::<Value>(body) else {
+            return Err(ProviderError::new(
+                ErrorClass::BadRequest,
+                "the request body is not a JSON object",
+            ));
+        };
+        let options: Value = smart_router_sdk::json::from_str(&ctx.options).unwrap_or(Value::Null);
+        req.insert("model".into(), Value::String(ctx.model.clone()));
+        Ok(post("/embeddings", false, &options, Value::Object(req)))
+    }
+
+    fn translate_embeddings_response(
+        _ctx: &RequestContext,
+        status: u16,
+        body: &[u8],
+    ) -> Result<ChatResponse, ProviderError> {
+        let obj = parse_object(body)?;
+        if obj.contains_key("error") || obj.get("object").and_then(Value::as_str) == Some("error") {
+            return Err(errors::classify(status, &[], &Value::Object(obj)));
         }
-        if let Some(extra) = options.get("headers").and_then(Value::as_object) {
-            for (k, v) in extra {
-                if let Some(v) = v.as_str() {
-                    headers.push((k.clone(), v.to_string()));
-                }
-            }
+        if !obj.get("data").is_some_and(Value::is_array) {
+            return Err(ProviderError::new(
+                ErrorClass::ServerError,
+                "the provider's embeddings response has no `data`",
+            ));
         }
-        Ok(HttpRequest {
-            method: "POST".into(),
-            path: "/chat/completions".into(),
-            headers,
-            body: Value::Object(req).to_string().into_bytes(),
-            auth: Auth::Bearer,
+        let usage = obj.get("usage").and_then(usage_of);
+        Ok(ChatResponse {
+            body: String::from_utf8_lossy(body).into_owned(),
+            usage,
         })
     }
 
@@ -116,6 +142,28 @@ impl Adapter for OpenAi {
     fn classify_error(status: u16, headers: &[(String, String)], body: &[u8]) -> ProviderError {
         let v = smart_router_sdk::json::from_slice::<Value>(body).unwrap_or(Value::Null);
         errors::classify(status, headers, &v)
+    }
+}
+
+/// A JSON `POST` to `path`, with the provider's extra headers.
+fn post(path: &str, stream: bool, options: &Value, body: Value) -> HttpRequest {
+    let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+    if stream {
+        headers.push(("accept".into(), "text/event-stream".into()));
+    }
+    if let Some(extra) = options.get("headers").and_then(Value::as_object) {
+        for (k, v) in extra {
+            if let Some(v) = v.as_str() {
+                headers.push((k.clone(), v.to_string()));
+            }
+        }
+    }
+    HttpRequest {
+        method: "POST".into(),
+        path: path.into(),
+        headers,
+        body: body.to_string().into_bytes(),
+        auth: Auth::Bearer,
     }
 }
 

@@ -20,14 +20,39 @@ pub mod bindings {
     });
 }
 
+/// Host bindings for adapters built against the released 0.1.0 contract.
+pub mod bindings_v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.1.0",
+        world: "adapter",
+        with: {
+            "smart-router:gateway/types": crate::components::strategy::bindings_v0_1::smart_router::gateway::types,
+            "smart-router:gateway/host": crate::components::strategy::bindings_v0_1::smart_router::gateway::host,
+        },
+    });
+}
+
 use bindings::exports::smart_router::gateway::translation::{
-    ChatResponse, HttpRequest, ProviderError, RequestContext, SseEvent, StreamOutput,
+    ChatResponse, ErrorClass, HttpRequest, ProviderError, RequestContext, SseEvent, StreamOutput,
 };
+
+/// An adapter ready to instantiate, by the contract version it was built against.
+pub(super) enum Pre {
+    Current(bindings::AdapterPre<CallState>),
+    V0_1(bindings_v0_1::AdapterPre<CallState>),
+}
+
+enum Instance {
+    Current(bindings::Adapter),
+    V0_1(bindings_v0_1::Adapter),
+}
 
 /// A compiled, pre-instantiated adapter.
 pub struct AdapterComponent {
     pub name: Arc<str>,
-    pub(super) pre: bindings::AdapterPre<CallState>,
+    pub(super) pre: Pre,
+    /// The component imports WASI (see [`super::engine::enter`]).
+    pub(super) uses_wasi: bool,
     /// SHA-256 of the file it was loaded from.
     pub digest: [u8; 32],
     /// Consecutive failed attempts; quarantines the component when too long.
@@ -39,7 +64,7 @@ pub struct AdapterComponent {
 /// An instantiated adapter and its store.
 pub(super) struct Warm {
     store: Store<CallState>,
-    instance: bindings::Adapter,
+    instance: Instance,
 }
 
 /// Idle instances kept per adapter.
@@ -54,10 +79,11 @@ impl AdapterComponent {
             Some(w) => w,
             None => {
                 let mut store = rt.store(&self.name);
-                let instance = self
-                    .pre
-                    .instantiate(&mut store)
-                    .map_err(|e| CallError::trap(&self.name, e))?;
+                let instance = super::engine::enter(self.uses_wasi, || match &self.pre {
+                    Pre::Current(pre) => pre.instantiate(&mut store).map(Instance::Current),
+                    Pre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
+                })
+                .map_err(|e| CallError::trap(&self.name, e))?;
                 Warm { store, instance }
             }
         };
@@ -90,9 +116,15 @@ impl Drop for AdapterSession {
         if let Some(stream) = self.stream.take() {
             // The guest's destructor runs; an instance that fails even that is not reused.
             self.rt.rearm(&mut warm.store);
-            if stream.resource_drop(&mut warm.store).is_err() {
+            let dropped = super::engine::enter(self.component.uses_wasi, || {
+                stream.resource_drop(&mut warm.store)
+            });
+            if dropped.is_err() {
                 return;
             }
+        }
+        if self.rt.worn(&warm.store) {
+            return;
         }
         let mut idle = self
             .component
@@ -117,7 +149,7 @@ impl AdapterSession {
 
     fn call<T>(
         &mut self,
-        f: impl FnOnce(&bindings::Adapter, &mut Store<CallState>) -> wasmtime::Result<T>,
+        f: impl FnOnce(&Instance, &mut Store<CallState>) -> wasmtime::Result<T>,
     ) -> Result<T, CallError> {
         let Some(warm) = self.warm.as_mut() else {
             return Err(CallError::Trap {
@@ -126,7 +158,9 @@ impl AdapterSession {
             });
         };
         self.rt.rearm(&mut warm.store);
-        let result = f(&warm.instance, &mut warm.store);
+        let result = super::engine::enter(self.component.uses_wasi, || {
+            f(&warm.instance, &mut warm.store)
+        });
         result.map_err(|e| {
             // Never enter a trapped instance again.
             self.warm = None;
@@ -139,9 +173,14 @@ impl AdapterSession {
         ctx: &RequestContext,
         body: &str,
     ) -> Result<Result<HttpRequest, ProviderError>, CallError> {
-        self.call(|i, s| {
-            i.smart_router_gateway_translation()
-                .call_translate_request(s, ctx, body)
+        self.call(|i, s| match i {
+            Instance::Current(i) => i
+                .smart_router_gateway_translation()
+                .call_translate_request(s, ctx, body),
+            Instance::V0_1(i) => i
+                .smart_router_gateway_translation()
+                .call_translate_request(s, &v0_1::context(ctx), body)
+                .map(|r| r.map(v0_1::http_request).map_err(v0_1::error)),
         })
     }
 
@@ -151,9 +190,54 @@ impl AdapterSession {
         status: u16,
         body: &[u8],
     ) -> Result<Result<ChatResponse, ProviderError>, CallError> {
-        self.call(|i, s| {
-            i.smart_router_gateway_translation()
-                .call_translate_response(s, ctx, status, body)
+        self.call(|i, s| match i {
+            Instance::Current(i) => i
+                .smart_router_gateway_translation()
+                .call_translate_response(s, ctx, status, body),
+            Instance::V0_1(i) => i
+                .smart_router_gateway_translation()
+                .call_translate_response(s, &v0_1::context(ctx), status, body)
+                .map(|r| r.map(v0_1::response).map_err(v0_1::error)),
+        })
+    }
+
+    /// Translates an embeddings request; an adapter built before embeddings existed (0.1.0)
+    /// answers `unsupported`.
+    pub fn translate_embeddings_request(
+        &mut self,
+        ctx: &RequestContext,
+        body: &str,
+    ) -> Result<Result<HttpRequest, ProviderError>, CallError> {
+        self.call(|i, s| match i {
+            Instance::Current(i) => i
+                .smart_router_gateway_translation()
+                .call_translate_embeddings_request(s, ctx, body),
+            Instance::V0_1(_) => Ok(Err(ProviderError {
+                class: ErrorClass::Unsupported,
+                temporary: false,
+                retry_after_ms: None,
+                message: "the adapter was built against contract 0.1.0, which has no embeddings"
+                    .into(),
+            })),
+        })
+    }
+
+    pub fn translate_embeddings_response(
+        &mut self,
+        ctx: &RequestContext,
+        status: u16,
+        body: &[u8],
+    ) -> Result<Result<ChatResponse, ProviderError>, CallError> {
+        self.call(|i, s| match i {
+            Instance::Current(i) => i
+                .smart_router_gateway_translation()
+                .call_translate_embeddings_response(s, ctx, status, body),
+            Instance::V0_1(_) => Ok(Err(ProviderError {
+                class: ErrorClass::Unsupported,
+                temporary: false,
+                retry_after_ms: None,
+                message: "the adapter has no embeddings".into(),
+            })),
         })
     }
 
@@ -163,18 +247,28 @@ impl AdapterSession {
         headers: &[(String, String)],
         body: &[u8],
     ) -> Result<ProviderError, CallError> {
-        self.call(|i, s| {
-            i.smart_router_gateway_translation()
+        self.call(|i, s| match i {
+            Instance::Current(i) => i
+                .smart_router_gateway_translation()
+                .call_classify_error(s, status, headers, body),
+            Instance::V0_1(i) => i
+                .smart_router_gateway_translation()
                 .call_classify_error(s, status, headers, body)
+                .map(v0_1::error),
         })
     }
 
     /// Starts stream translation; `push` and `finish` follow.
     pub fn start_stream(&mut self, ctx: &RequestContext) -> Result<(), CallError> {
-        let handle = self.call(|i, s| {
-            i.smart_router_gateway_translation()
+        let handle = self.call(|i, s| match i {
+            Instance::Current(i) => i
+                .smart_router_gateway_translation()
                 .stream_translator()
-                .call_constructor(s, ctx)
+                .call_constructor(s, ctx),
+            Instance::V0_1(i) => i
+                .smart_router_gateway_translation()
+                .stream_translator()
+                .call_constructor(s, &v0_1::context(ctx)),
         })?;
         self.stream = Some(handle);
         Ok(())
@@ -185,19 +279,36 @@ impl AdapterSession {
         event: &SseEvent,
     ) -> Result<Result<StreamOutput, ProviderError>, CallError> {
         let handle = self.stream_handle()?;
-        self.call(|i, s| {
-            i.smart_router_gateway_translation()
+        self.call(|i, s| match i {
+            Instance::Current(i) => i
+                .smart_router_gateway_translation()
                 .stream_translator()
-                .call_push(s, handle, event)
+                .call_push(s, handle, event),
+            Instance::V0_1(i) => {
+                let event = v0_1::old::SseEvent {
+                    event: event.event.clone(),
+                    data: event.data.clone(),
+                };
+                i.smart_router_gateway_translation()
+                    .stream_translator()
+                    .call_push(s, handle, &event)
+                    .map(|r| r.map(v0_1::stream_output).map_err(v0_1::error))
+            }
         })
     }
 
     pub fn finish(&mut self) -> Result<Result<StreamOutput, ProviderError>, CallError> {
         let handle = self.stream_handle()?;
-        self.call(|i, s| {
-            i.smart_router_gateway_translation()
+        self.call(|i, s| match i {
+            Instance::Current(i) => i
+                .smart_router_gateway_translation()
+                .stream_translator()
+                .call_finish(s, handle),
+            Instance::V0_1(i) => i
+                .smart_router_gateway_translation()
                 .stream_translator()
                 .call_finish(s, handle)
+                .map(|r| r.map(v0_1::stream_output).map_err(v0_1::error)),
         })
     }
 
@@ -206,5 +317,83 @@ impl AdapterSession {
             component: self.name.to_string(),
             reason: "stream used before it was started".into(),
         })
+    }
+}
+
+/// Translation records between the current contract and 0.1.0 (which lacks embeddings and the
+/// `unsupported` class).
+mod v0_1 {
+    use super::bindings::exports::smart_router::gateway::translation::{
+        Auth, ChatResponse, ErrorClass, HttpRequest, ProviderError, RequestContext, StreamOutput,
+        Usage,
+    };
+    pub use super::bindings_v0_1::exports::smart_router::gateway::translation as old;
+
+    pub fn context(c: &RequestContext) -> old::RequestContext {
+        old::RequestContext {
+            model: c.model.clone(),
+            is_stream: c.is_stream,
+            include_usage: c.include_usage,
+            options: c.options.clone(),
+        }
+    }
+
+    pub fn http_request(r: old::HttpRequest) -> HttpRequest {
+        HttpRequest {
+            method: r.method,
+            path: r.path,
+            headers: r.headers,
+            body: r.body,
+            auth: match r.auth {
+                old::Auth::Bearer => Auth::Bearer,
+                old::Auth::Header(h) => Auth::Header(h),
+                old::Auth::Query(q) => Auth::Query(q),
+                old::Auth::None => Auth::None,
+            },
+        }
+    }
+
+    fn usage(u: old::Usage) -> Usage {
+        Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cached_tokens: u.cached_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+        }
+    }
+
+    pub fn response(r: old::ChatResponse) -> ChatResponse {
+        ChatResponse {
+            body: r.body,
+            usage: r.usage.map(usage),
+        }
+    }
+
+    pub fn stream_output(o: old::StreamOutput) -> StreamOutput {
+        StreamOutput {
+            chunks: o.chunks,
+            usage: o.usage.map(usage),
+            done: o.done,
+        }
+    }
+
+    pub fn error(e: old::ProviderError) -> ProviderError {
+        ProviderError {
+            class: match e.class {
+                old::ErrorClass::RateLimited => ErrorClass::RateLimited,
+                old::ErrorClass::Auth => ErrorClass::Auth,
+                old::ErrorClass::QuotaExhausted => ErrorClass::QuotaExhausted,
+                old::ErrorClass::ContextTooLong => ErrorClass::ContextTooLong,
+                old::ErrorClass::ContentFiltered => ErrorClass::ContentFiltered,
+                old::ErrorClass::BadRequest => ErrorClass::BadRequest,
+                old::ErrorClass::ModelNotFound => ErrorClass::ModelNotFound,
+                old::ErrorClass::ServerError => ErrorClass::ServerError,
+                old::ErrorClass::Timeout => ErrorClass::Timeout,
+                old::ErrorClass::Unknown => ErrorClass::Unknown,
+            },
+            temporary: e.temporary,
+            retry_after_ms: e.retry_after_ms,
+            message: e.message,
+        }
     }
 }

@@ -4,13 +4,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
     StoreLimitsBuilder,
 };
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::strategy::bindings::smart_router::gateway::{host, types};
+use super::strategy::bindings_v0_1::smart_router::gateway::{
+    host as host_v0_1, types as types_v0_1,
+};
 
 /// How often the epoch ticks; component deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(5);
@@ -66,16 +70,76 @@ impl FailureStreak {
     }
 }
 
-/// Per-call host state.
-pub struct CallState {
-    limits: StoreLimits,
-    component: Arc<str>,
+/// The store's caps, remembering how large its memories have grown.
+struct Limits {
+    caps: StoreLimits,
+    /// The largest linear memory size granted so far, in bytes.
+    memory_high: usize,
 }
 
-impl types::Host for CallState {}
+impl wasmtime::ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let granted = self.caps.memory_growing(current, desired, maximum)?;
+        if granted {
+            self.memory_high = self.memory_high.max(desired);
+        }
+        Ok(granted)
+    }
 
-impl host::Host for CallState {
-    fn log(&mut self, level: types::LogLevel, message: String) {
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.caps.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.caps.instances()
+    }
+    fn tables(&self) -> usize {
+        self.caps.tables()
+    }
+    fn memories(&self) -> usize {
+        self.caps.memories()
+    }
+}
+
+/// Per-call host state.
+pub struct CallState {
+    limits: Limits,
+    component: Arc<str>,
+    /// WASI for components that import it (those built by Python's or JavaScript's
+    /// toolchains): no files, no environment, no arguments, no network, empty stdin, stdout and
+    /// stderr discarded. Clocks and random numbers are the only capabilities.
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl CallState {
+    /// True once the instance's memory has grown past half its cap: it is not reused, so a
+    /// guest that leaks (some language runtimes grow a little on every call) is replaced before
+    /// it hits the cap and traps.
+    pub(super) fn worn(&self, cap: usize) -> bool {
+        self.limits.memory_high > cap / 2
+    }
+
+    fn log(&self, level: types::LogLevel, message: &str) {
         let message: String = message.chars().take(1024).collect();
         let component = &*self.component;
         match level {
@@ -84,6 +148,43 @@ impl host::Host for CallState {
             types::LogLevel::Warn => tracing::warn!(component, "{message}"),
             types::LogLevel::Error => tracing::error!(component, "{message}"),
         }
+    }
+}
+
+impl types::Host for CallState {}
+
+impl host::Host for CallState {
+    fn log(&mut self, level: types::LogLevel, message: String) {
+        CallState::log(self, level, &message);
+    }
+}
+
+impl types_v0_1::Host for CallState {}
+
+impl host_v0_1::Host for CallState {
+    fn log(&mut self, level: types_v0_1::LogLevel, message: String) {
+        let level = match level {
+            types_v0_1::LogLevel::Debug => types::LogLevel::Debug,
+            types_v0_1::LogLevel::Info => types::LogLevel::Info,
+            types_v0_1::LogLevel::Warn => types::LogLevel::Warn,
+            types_v0_1::LogLevel::Error => types::LogLevel::Error,
+        };
+        CallState::log(self, level, &message);
+    }
+}
+
+/// Runs a call into a component. A component that imports WASI may block inside a WASI call
+/// (a `print` from Python, say), which Wasmtime serves by blocking on the Tokio runtime: such a
+/// call leaves the worker thread's async duties to another thread first. Components that import
+/// no WASI (every built-in one) are called directly.
+pub(super) fn enter<R>(uses_wasi: bool, call: impl FnOnce() -> R) -> R {
+    if uses_wasi
+        && tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    {
+        tokio::task::block_in_place(call)
+    } else {
+        call()
     }
 }
 
@@ -99,15 +200,28 @@ pub struct Runtime {
 
 impl Runtime {
     /// Builds the engine and starts the epoch ticker. `timeout` bounds every call;
-    /// `memory_bytes` caps each instance's linear memory.
-    pub fn new(timeout: Duration, memory_bytes: usize) -> anyhow::Result<Arc<Self>> {
+    /// `memory_bytes` caps each instance's linear memory; compiled components are kept in
+    /// `cache_dir`, when given, so a restart (or a reload of an unchanged file) skips compiling.
+    pub fn new(
+        timeout: Duration,
+        memory_bytes: usize,
+        cache_dir: Option<&std::path::Path>,
+    ) -> anyhow::Result<Arc<Self>> {
         let mut pool = PoolingAllocationConfig::default();
         let slot = memory_bytes.max(256 << 20);
+        // Components from Python's and JavaScript's toolchains hold a whole interpreter: a dozen
+        // core instances, tables of tens of thousands of functions, large instance records.
         pool.total_component_instances(4096)
             .total_core_instances(4096)
             .total_memories(4096)
             .total_tables(4096)
-            .max_memory_size(slot);
+            .max_memory_size(slot)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(16)
+            .max_tables_per_component(64)
+            .table_elements(64 << 10)
+            .max_core_instance_size(4 << 20)
+            .max_component_instance_size(4 << 20);
         let mut config = wasmtime::Config::new();
         config
             .wasm_component_model(true)
@@ -117,18 +231,37 @@ impl Runtime {
             .memory_guard_size(32 << 20)
             .memory_reservation_for_growth(0)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if let Some(dir) = cache_dir {
+            // Wasmtime wants an absolute folder; a relative one is taken from the working folder.
+            let dir = std::path::absolute(dir)?;
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            config.cache(Some(wasmtime::Cache::new(cache)?));
+        }
         let engine = Engine::new(&config)?;
 
+        // Each linker serves components built against the current contract and the released
+        // ones before it (their interfaces carry their version in their names), plus WASI.
         let mut strategy_linker = Linker::new(&engine);
         super::strategy::bindings::Strategy::add_to_linker::<_, HasSelf<_>>(
             &mut strategy_linker,
             |s| s,
         )?;
+        super::strategy::bindings_v0_1::Strategy::add_to_linker::<_, HasSelf<_>>(
+            &mut strategy_linker,
+            |s| s,
+        )?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut strategy_linker)?;
         let mut adapter_linker = Linker::new(&engine);
         super::adapter::bindings::Adapter::add_to_linker::<_, HasSelf<_>>(
             &mut adapter_linker,
             |s| s,
         )?;
+        super::adapter::bindings_v0_1::Adapter::add_to_linker::<_, HasSelf<_>>(
+            &mut adapter_linker,
+            |s| s,
+        )?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut adapter_linker)?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = engine.weak();
@@ -167,8 +300,13 @@ impl Runtime {
         let mut store = Store::new(
             &self.engine,
             CallState {
-                limits,
+                limits: Limits {
+                    caps: limits,
+                    memory_high: 0,
+                },
                 component: component.clone(),
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -179,6 +317,12 @@ impl Runtime {
     /// Re-arms the deadline before the next call on a long-lived store.
     pub(super) fn rearm(&self, store: &mut Store<CallState>) {
         store.set_epoch_deadline(self.deadline_ticks);
+    }
+
+    /// True when an instance whose store is `store` should not be reused (see
+    /// [`CallState::worn`]).
+    pub(super) fn worn(&self, store: &Store<CallState>) -> bool {
+        store.data().worn(self.memory_bytes)
     }
 
     pub fn engine(&self) -> &Engine {

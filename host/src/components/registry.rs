@@ -8,9 +8,15 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
 
-use super::adapter::{AdapterComponent, bindings as adapter_bindings};
+use super::adapter::{
+    AdapterComponent, Pre as AdapterPre, bindings as adapter_bindings,
+    bindings_v0_1 as adapter_bindings_v0_1,
+};
 use super::engine::Runtime;
-use super::strategy::{StrategyComponent, bindings as strategy_bindings};
+use super::strategy::{
+    Pre as StrategyPre, StrategyComponent, bindings as strategy_bindings,
+    bindings_v0_1 as strategy_bindings_v0_1,
+};
 
 /// The two kinds of component, each in its own folder under `components_dir`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,13 +38,33 @@ impl Kind {
             Kind::Adapter => "adapter",
         }
     }
-    /// The interface a component of this kind must export.
+    /// The interface a component of this kind exports, in the current contract.
     pub fn export(self) -> &'static str {
+        self.exports()[0].1
+    }
+
+    /// The interfaces a component of this kind may export, by contract version, newest first.
+    fn exports(self) -> &'static [(Version, &'static str)] {
         match self {
-            Kind::Strategy => "smart-router:gateway/routing@0.1.0",
-            Kind::Adapter => "smart-router:gateway/translation@0.1.0",
+            Kind::Strategy => &[
+                (Version::Current, "smart-router:gateway/routing@0.2.0"),
+                (Version::V0_1, "smart-router:gateway/routing@0.1.0"),
+            ],
+            Kind::Adapter => &[
+                (Version::Current, "smart-router:gateway/translation@0.2.0"),
+                (Version::V0_1, "smart-router:gateway/translation@0.1.0"),
+            ],
         }
     }
+}
+
+/// The contract versions the host loads: the current one and every released one before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    /// `wit/gateway.wit`.
+    Current,
+    /// `wit/v0.1.0/gateway.wit`.
+    V0_1,
 }
 
 /// Why a component file was refused.
@@ -133,25 +159,40 @@ pub fn load_bytes(rt: &Runtime, kind: Kind, name: &str, bytes: &[u8]) -> Result<
         .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
         .map(|(name, _)| name.to_string())
         .collect();
-    if !exports.iter().any(|e| e == kind.export()) {
+    let Some(&(version, _)) = kind
+        .exports()
+        .iter()
+        .find(|(_, export)| exports.iter().any(|e| e == export))
+    else {
         return Err(LoadError::WrongWorld {
             world: kind.label(),
             export: kind.export(),
             found: exports.join(", "),
         });
-    }
+    };
+    let uses_wasi = ty
+        .imports(&rt.engine)
+        .any(|(name, _)| name.starts_with("wasi:"));
     let name: Arc<str> = Arc::from(name);
+    let link = |e: wasmtime::Error| LoadError::Link(first_line(&e));
     match kind {
         Kind::Strategy => {
             let pre = rt
                 .strategy_linker
                 .instantiate_pre(&component)
-                .map_err(|e| LoadError::Link(first_line(&e)))?;
-            let pre = strategy_bindings::StrategyPre::new(pre)
-                .map_err(|e| LoadError::Link(first_line(&e)))?;
+                .map_err(link)?;
+            let pre = match version {
+                Version::Current => {
+                    StrategyPre::Current(strategy_bindings::StrategyPre::new(pre).map_err(link)?)
+                }
+                Version::V0_1 => {
+                    StrategyPre::V0_1(strategy_bindings_v0_1::StrategyPre::new(pre).map_err(link)?)
+                }
+            };
             Ok(Loaded::Strategy(Arc::new(StrategyComponent {
                 name,
                 pre,
+                uses_wasi,
                 digest,
                 streak: Default::default(),
                 idle: Default::default(),
@@ -161,12 +202,19 @@ pub fn load_bytes(rt: &Runtime, kind: Kind, name: &str, bytes: &[u8]) -> Result<
             let pre = rt
                 .adapter_linker
                 .instantiate_pre(&component)
-                .map_err(|e| LoadError::Link(first_line(&e)))?;
-            let pre = adapter_bindings::AdapterPre::new(pre)
-                .map_err(|e| LoadError::Link(first_line(&e)))?;
+                .map_err(link)?;
+            let pre = match version {
+                Version::Current => {
+                    AdapterPre::Current(adapter_bindings::AdapterPre::new(pre).map_err(link)?)
+                }
+                Version::V0_1 => {
+                    AdapterPre::V0_1(adapter_bindings_v0_1::AdapterPre::new(pre).map_err(link)?)
+                }
+            };
             Ok(Loaded::Adapter(Arc::new(AdapterComponent {
                 name,
                 pre,
+                uses_wasi,
                 digest,
                 streak: Default::default(),
                 idle: Default::default(),

@@ -115,6 +115,8 @@ pub enum Capability {
     Reasoning,
     Code,
     Chinese,
+    /// An embeddings model: serves `/v1/embeddings` (and never chat).
+    Embeddings,
 }
 
 /// `model_groups.yaml`.

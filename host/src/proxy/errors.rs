@@ -73,5 +73,6 @@ pub fn class_name(c: ErrorClass) -> &'static str {
         ErrorClass::ServerError => "server_error",
         ErrorClass::Timeout => "timeout",
         ErrorClass::Unknown => "unknown",
+        ErrorClass::Unsupported => "unsupported",
     }
 }

@@ -58,6 +58,7 @@ impl Attempt {
             created_at_ms: self.started_ms,
             key_id: s.key_id.clone(),
             requested_model: s.facts.model.clone(),
+            endpoint: s.facts.endpoint,
             group_name: s.group.clone(),
             channel_id: Some(self.channel.id.clone()),
             provider: Some(self.channel.provider.clone()),

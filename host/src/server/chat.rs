@@ -1,4 +1,5 @@
-//! `POST /v1/chat/completions`: plan, then try channels in order until one answers.
+//! `POST /v1/chat/completions` and `POST /v1/embeddings`: plan, then try channels in order until
+//! one answers.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use crate::app::{App, Counters};
 use crate::proxy::{Failure, RequestScope, attempt};
-use crate::router::{Facts, facts, plan};
+use crate::router::{Endpoint, Facts, embeddings_facts, facts, plan};
 use crate::stats::now_ms;
 use crate::store::UsageRecord;
 
@@ -22,9 +23,26 @@ pub async fn completions(
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    serve(app, caller, body, Endpoint::Chat).await
+}
+
+pub async fn embeddings(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    serve(app, caller, body, Endpoint::Embeddings).await
+}
+
+async fn serve(
+    app: Arc<App>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+    endpoint: Endpoint,
+) -> Response {
     Counters::bump(&app.counters.requests);
     let request_id = format!("req_{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..));
-    match handle(&app, caller, body, &request_id).await {
+    match handle(&app, caller, body, &request_id, endpoint).await {
         Ok(resp) => resp,
         Err(e) => {
             let mut resp = e.into_response();
@@ -41,6 +59,7 @@ async fn handle(
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
     request_id: &str,
+    endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
     let t0 = std::time::Instant::now();
     let body = body.map_err(|e| {
@@ -60,7 +79,10 @@ async fn handle(
     let Value::Object(obj) = json else {
         return Err(ApiError::invalid("The request body must be a JSON object."));
     };
-    let facts = facts(&obj)?;
+    let facts = match endpoint {
+        Endpoint::Chat => facts(&obj)?,
+        Endpoint::Embeddings => embeddings_facts(&obj)?,
+    };
     if !caller.may_use(&facts.model) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -201,6 +223,7 @@ async fn record_unrouted(
             created_at_ms: started,
             key_id: key_id.to_string(),
             requested_model: facts.model.clone(),
+            endpoint: facts.endpoint,
             is_stream: facts.is_stream,
             outcome: "error",
             error_class: Some(e.code.unwrap_or("no_channel").to_string()),

@@ -16,6 +16,8 @@ pub struct UsageRecord {
     /// The gateway key's id (`master` for the master key); never the key.
     pub key_id: String,
     pub requested_model: String,
+    /// The API the request came in on.
+    pub endpoint: crate::router::Endpoint,
     pub group_name: Option<String>,
     pub channel_id: Option<String>,
     pub provider: Option<String>,
@@ -43,7 +45,7 @@ pub const MAX_BATCH: usize = 256;
 pub const QUEUE: usize = 256;
 /// Rows per INSERT statement (21 values each, well under SQLite's and Postgres's limits).
 const ROWS_PER_STATEMENT: usize = 128;
-const COLUMNS: usize = 21;
+const COLUMNS: usize = 22;
 
 enum Msg {
     Record(Box<UsageRecord>),
@@ -163,7 +165,8 @@ async fn insert(store: &Store, batch: &[UsageRecord]) -> Result<(), sqlx::Error>
                 .bind(i64::from(r.status))
                 .bind(r.outcome)
                 .bind(r.error_class.clone())
-                .bind(r.error_message.clone());
+                .bind(r.error_message.clone())
+                .bind(r.endpoint.as_str());
         }
         q.execute(&mut *tx).await?;
     }
@@ -176,7 +179,7 @@ fn insert_sql(rows: usize, backend: super::Backend) -> String {
     let mut sql = String::from(
         "INSERT INTO usage (request_id, attempt, created_at_ms, key_id, requested_model, group_name, channel_id, provider, \
          upstream_model, is_stream, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_micros, \
-         latency_ms, ttft_ms, status, outcome, error_class, error_message) VALUES ",
+         latency_ms, ttft_ms, status, outcome, error_class, error_message, endpoint) VALUES ",
     );
     for row in 0..rows {
         sql.push_str(if row == 0 { "(" } else { ", (" });

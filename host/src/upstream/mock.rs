@@ -2,7 +2,9 @@
 //! the gateway answers out of the box with no network and no key.
 //!
 //! It echoes the last user message, calls the first tool when the request offers tools, streams
-//! word by word, reports usage, and fails on purpose for models named `mock-error-<status>`.
+//! word by word, reports usage, answers `/embeddings` with deterministic unit vectors (the same
+//! text always gets the same vector), and fails on purpose for models named
+//! `mock-error-<status>`.
 
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -11,11 +13,15 @@ use super::{UpstreamError, UpstreamResponse};
 use crate::components::adapter_api::exports::smart_router::gateway::translation::HttpRequest;
 
 pub fn respond(req: &HttpRequest) -> UpstreamResponse {
-    if !req.path.ends_with("/chat/completions") {
+    let embeddings = req.path.ends_with("/embeddings");
+    if !embeddings && !req.path.ends_with("/chat/completions") {
         return error(
             404,
             "not_found_error",
-            &format!("the mock serves /chat/completions, not {}", req.path),
+            &format!(
+                "the mock serves /chat/completions and /embeddings, not {}",
+                req.path
+            ),
         );
     }
     let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
@@ -39,6 +45,9 @@ pub fn respond(req: &HttpRequest) -> UpstreamResponse {
             "mock_error",
             &format!("the mock fails with {code} for model {model}"),
         );
+    }
+    if embeddings {
+        return embed(&body, &model);
     }
     let prompt_tokens = (body
         .get("messages")
@@ -207,4 +216,48 @@ pub fn router(delay: std::time::Duration) -> axum::Router {
     axum::Router::new()
         .route("/v1/chat/completions", axum::routing::post(handler))
         .route("/chat/completions", axum::routing::post(handler))
+}
+
+/// `POST /embeddings`: one unit vector per input (`dimensions` long, 8 by default), derived from
+/// the input's text.
+fn embed(body: &Value, model: &str) -> UpstreamResponse {
+    let inputs: Vec<String> = match body.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+            .collect(),
+        _ => return error(400, "invalid_request_error", "`input` is required"),
+    };
+    let dims = body
+        .get("dimensions")
+        .and_then(Value::as_u64)
+        .unwrap_or(8)
+        .clamp(1, 4096) as usize;
+    let mut prompt_tokens = 0u64;
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            prompt_tokens += text.len() as u64 / 4 + 1;
+            // FNV-1a of the text seeds a small generator; the vector is scaled to length 1.
+            let mut state = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            let raw: Vec<f64> = (0..dims)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+                })
+                .collect();
+            let norm = raw.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+            let vector: Vec<f64> = raw.iter().map(|x| x / norm).collect();
+            json!({"object": "embedding", "index": index, "embedding": vector})
+        })
+        .collect();
+    let out = json!({"object": "list", "data": data, "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}});
+    ok("application/json", out.to_string())
 }
