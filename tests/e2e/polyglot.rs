@@ -96,3 +96,34 @@ async fn a_strategy_built_against_the_previous_contract_keeps_loading() {
     assert_eq!(route(&gw, 3).await, vec!["b/middle"; 3]);
     assert_eq!(strategy_failures(&gw), 0);
 }
+
+/// WASI is linked with nothing granted: a Python strategy sees no environment, can neither read
+/// nor list nor write files, cannot open a connection (to a port that is listening), and its
+/// `print` goes nowhere without harming the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_components_are_sandboxed() {
+    let mock = MockUpstream::start().await;
+    let port = mock.addr.port();
+    let (gw, _mock) = setup(
+        "snoop",
+        &format!("    strategy_params: {{ port: {port} }}\n"),
+    )
+    .await;
+    assert!(gw.app.components.load().strategies["snoop"].uses_wasi());
+    // The strategy answers `err` with its findings: the request still routes, in priority order.
+    assert_eq!(route(&gw, 1).await, vec!["a/pricey"]);
+    assert!(
+        logs().contains("sandbox: env=0 file=denied dir=denied write=denied net=denied"),
+        "{}",
+        logs()
+            .lines()
+            .filter(|l| l.contains("sandbox"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        mock.total_calls(),
+        0,
+        "nothing connected to the listening port"
+    );
+}

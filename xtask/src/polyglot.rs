@@ -1,5 +1,5 @@
-//! The strategy examples in other languages (`sdk/python`, `sdk/javascript`, `sdk/wat`), built
-//! into `target/test-components/strategies/` for the tests. Their toolchains come from the
+//! The strategy examples in other languages (`sdk/python`, `sdk/javascript`, `sdk/wat`) and a
+//! Python test fixture, built into `target/test-components/strategies/` for the tests. Their toolchains come from the
 //! registries (componentize-py from PyPI, jco and componentize-js from npm) into `target/`, at
 //! the versions the examples pin.
 
@@ -14,7 +14,18 @@ pub fn build_all(root: &Path) -> Result<(), String> {
     let out = root.join("target/test-components/strategies");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     wat(root, &out.join("wat-reverse.wasm"))?;
-    python(root, &out.join("cheapest-healthy.wasm"))?;
+    python(
+        root,
+        "sdk/python",
+        "cheapest_healthy",
+        &out.join("cheapest-healthy.wasm"),
+    )?;
+    python(
+        root,
+        "tests/fixtures/python",
+        "snoop",
+        &out.join("snoop.wasm"),
+    )?;
     javascript(root, &out.join("prefer-provider.wasm"))?;
     Ok(())
 }
@@ -61,12 +72,14 @@ fn wat(root: &Path, to: &Path) -> Result<(), String> {
     install(&bytes, to)
 }
 
-/// `sdk/python`: componentize-py, installed into `target/py-tools`.
-fn python(root: &Path, to: &Path) -> Result<(), String> {
-    let sdk = root.join("sdk/python");
+/// `sdk/python` (and the test fixture `tests/fixtures/python`): componentize-py, installed into
+/// `target/py-tools`.
+fn python(root: &Path, folder: &str, module: &str, to: &Path) -> Result<(), String> {
+    let src = root.join(folder);
+    let requirements = root.join("sdk/python/requirements.txt");
     let sources = [
-        sdk.join("cheapest_healthy.py"),
-        sdk.join("requirements.txt"),
+        src.join(format!("{module}.py")),
+        requirements.clone(),
         root.join("wit"),
     ];
     if up_to_date(to, &sources) {
@@ -74,7 +87,6 @@ fn python(root: &Path, to: &Path) -> Result<(), String> {
     }
     let venv = root.join("target/py-tools");
     let tool = venv.join("bin/componentize-py");
-    let requirements = sdk.join("requirements.txt");
     let stamp = venv.join("requirements.txt");
     if !tool.exists() || std::fs::read(&stamp).ok() != std::fs::read(&requirements).ok() {
         eprintln!("xtask: installing componentize-py (PyPI) into target/py-tools");
@@ -86,15 +98,15 @@ fn python(root: &Path, to: &Path) -> Result<(), String> {
         )?;
         std::fs::copy(&requirements, &stamp).map_err(|e| e.to_string())?;
     }
-    eprintln!("xtask: building the Python strategy example (componentize-py)");
+    eprintln!("xtask: building the Python strategy {folder}/{module}.py (componentize-py)");
     let tmp = to.with_extension("wasm.building");
     run_cmd(
         Command::new(&tool)
             .current_dir(root)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .args(["-d", "wit", "-w", "strategy", "componentize", "-p"])
-            .arg(&sdk)
-            .args(["cheapest_healthy", "-o"])
+            .arg(&src)
+            .args([module, "-o"])
             .arg(&tmp),
     )?;
     std::fs::rename(&tmp, to).map_err(|e| format!("{}: {e}", to.display()))
