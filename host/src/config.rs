@@ -262,3 +262,109 @@ pub fn parse_str<T: serde::de::DeserializeOwned + Default>(
         ConfigError::at(file, field, format!("{inner}{line}"))
     })
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    /// The example configuration, as shipped.
+    fn shipped(file: &str) -> String {
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../config")
+                .join(file),
+        )
+        .expect("example config")
+    }
+
+    /// One edit a careless hand (or a bad merge) might make.
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Delete { at: usize, len: usize },
+        Insert { at: usize, text: String },
+        DropLine(usize),
+        Dedent(usize),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            (any::<usize>(), 0usize..40).prop_map(|(at, len)| Edit::Delete { at, len }),
+            (
+                any::<usize>(),
+                "[ -~\\n\\t]{0,20}|: |- |\\{|\\[|&a|\\*a|!!binary |~|1e999|-1"
+            )
+                .prop_map(|(at, text)| Edit::Insert { at, text }),
+            any::<usize>().prop_map(Edit::DropLine),
+            any::<usize>().prop_map(Edit::Dedent),
+        ]
+    }
+
+    fn apply(text: &str, edits: &[Edit]) -> String {
+        let mut s = text.to_string();
+        for e in edits {
+            let boundary = |s: &str, at: usize| {
+                let mut at = at % (s.len() + 1);
+                while !s.is_char_boundary(at) {
+                    at -= 1;
+                }
+                at
+            };
+            match e {
+                Edit::Delete { at, len } => {
+                    let from = boundary(&s, *at);
+                    let to = boundary(&s, from.saturating_add(*len).min(s.len()));
+                    s.replace_range(from..to.max(from), "");
+                }
+                Edit::Insert { at, text } => {
+                    let at = boundary(&s, *at);
+                    s.insert_str(at, text);
+                }
+                Edit::DropLine(n) | Edit::Dedent(n) => {
+                    let mut lines: Vec<String> = s.lines().map(str::to_string).collect();
+                    if lines.is_empty() {
+                        continue;
+                    }
+                    let i = n % lines.len();
+                    if matches!(e, Edit::DropLine(_)) {
+                        lines.remove(i);
+                    } else {
+                        lines[i] = lines[i].trim_start().to_string();
+                    }
+                    s = lines.join("\n");
+                }
+            }
+        }
+        s
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(192))]
+
+        /// A damaged configuration never panics the loader: it loads, or it is refused with an
+        /// error naming the file it is in.
+        #[test]
+        fn damaged_configurations_are_refused_with_a_located_error(
+            which in 0usize..4,
+            edits in proptest::collection::vec(edit(), 1..4),
+        ) {
+            let files = super::FILES;
+            let dir = std::env::temp_dir().join(format!(
+                "smart-router-fuzz-{}-{}",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            for (i, file) in files.iter().enumerate() {
+                let text = shipped(file);
+                let text = if i == which { apply(&text, &edits) } else { text };
+                std::fs::write(dir.join(file), text).expect("write");
+            }
+            let result = super::load(&dir);
+            let _ = std::fs::remove_dir_all(&dir);
+            if let Err(e) = result {
+                prop_assert!(files.contains(&e.file.as_str()), "error names no file: {e}");
+                prop_assert!(!e.message.is_empty());
+            }
+        }
+    }
+}

@@ -420,13 +420,15 @@ fn rank(
     candidates: &[Candidate],
     now: u64,
 ) -> Vec<usize> {
+    // Priority order; within a tier, channels failing right now last, then by weight.
     let fallback = || {
         let mut idx: Vec<usize> = (0..candidates.len()).collect();
         idx.sort_by(|&a, &b| {
-            candidates[a]
-                .priority
-                .cmp(&candidates[b].priority)
-                .then(candidates[b].weight.total_cmp(&candidates[a].weight))
+            let (x, y) = (&candidates[a], &candidates[b]);
+            x.priority
+                .cmp(&y.priority)
+                .then((x.consecutive_failures > 0).cmp(&(y.consecutive_failures > 0)))
+                .then(y.weight.total_cmp(&x.weight))
         });
         idx
     };

@@ -211,3 +211,119 @@ pub async fn read_body(mut body: BodyStream, limit: usize) -> Result<Bytes, Upst
     }
     Ok(buf.freeze())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn auth() -> impl Strategy<Value = Auth> {
+        prop_oneof![
+            Just(Auth::Bearer),
+            Just(Auth::None),
+            "[ -~]{0,12}".prop_map(Auth::Header),
+            "[ -~]{0,12}".prop_map(Auth::Query),
+        ]
+    }
+
+    /// Header names an adapter might try, hostile ones included, in any case.
+    fn header_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("Host".to_string()),
+            Just("AUTHORIZATION".to_string()),
+            Just("x-api-key".to_string()),
+            Just("Content-Length".to_string()),
+            Just("Transfer-Encoding".to_string()),
+            "[a-zA-Z-]{1,16}",
+            "[ -~]{0,16}",
+        ]
+    }
+
+    fn request() -> impl Strategy<Value = HttpRequest> {
+        (
+            prop_oneof![
+                Just("POST".to_string()),
+                Just("GET".to_string()),
+                "[ -~]{0,8}"
+            ],
+            prop_oneof![
+                "/[a-z/:.@#?=&%-]{0,40}",
+                "(//|/|https?://|)[ -~]{0,40}",
+                "/[\\x00-\\x7f]{0,20}",
+            ],
+            proptest::collection::vec((header_name(), "[ -~\\t\\r\\n]{0,16}"), 0..4),
+            auth(),
+        )
+            .prop_map(|(method, path, headers, auth)| HttpRequest {
+                method,
+                path,
+                headers,
+                body: Vec::new(),
+                auth,
+            })
+    }
+
+    proptest! {
+        /// Whatever an adapter returns, what passes validation goes to the provider's own host,
+        /// sets none of the headers the host owns, and makes a well-formed request.
+        #[test]
+        fn validated_requests_stay_on_the_providers_host(req in request()) {
+            if validate(&req).is_err() {
+                return Ok(());
+            }
+            // The host appends the path to the provider's base URL, with or without a path.
+            for base in ["https://api.provider.test/v1", "https://api.provider.test"] {
+                let url = format!("{base}{}", req.path);
+                let parsed = reqwest::Url::parse(&url);
+                prop_assert!(parsed.is_ok(), "unparsable URL {url}");
+                let parsed = parsed.expect("checked");
+                prop_assert_eq!(parsed.host_str(), Some("api.provider.test"));
+                prop_assert_eq!(parsed.port(), None);
+                prop_assert!(parsed.username().is_empty() && parsed.password().is_none());
+            }
+            prop_assert!(reqwest::Method::from_bytes(req.method.as_bytes()).is_ok());
+            for (name, value) in &req.headers {
+                let lower = name.to_ascii_lowercase();
+                prop_assert!(!FORBIDDEN.contains(&lower.as_str()), "{name} passed");
+                prop_assert!(reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok());
+                prop_assert!(reqwest::header::HeaderValue::from_str(value).is_ok());
+                if let Auth::Header(h) = &req.auth {
+                    prop_assert!(!h.eq_ignore_ascii_case(name));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_requests_are_refused() {
+        let base = HttpRequest {
+            method: "POST".into(),
+            path: "/chat/completions".into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            auth: Auth::Bearer,
+        };
+        assert!(validate(&base).is_ok());
+        for path in [
+            "//evil.test/x",
+            "https://evil.test/x",
+            "/x@evil.test",
+            "x",
+            "/a b",
+            "/a#b",
+        ] {
+            let req = HttpRequest {
+                path: path.into(),
+                ..base.clone()
+            };
+            assert!(validate(&req).is_err(), "{path}");
+        }
+        for name in ["Host", "authorization", "X-Api-Key", "content-length"] {
+            let req = HttpRequest {
+                headers: vec![(name.into(), "x".into())],
+                ..base.clone()
+            };
+            assert!(validate(&req).is_err(), "{name}");
+        }
+    }
+}

@@ -4,6 +4,7 @@
 mod anthropic;
 mod badinput;
 mod budgets;
+mod chaos;
 mod chat;
 mod cli;
 mod components;

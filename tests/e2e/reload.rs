@@ -61,3 +61,103 @@ async fn a_new_group_appears_and_a_broken_change_is_refused() {
     );
     assert_eq!(ask("auto:new").await, 200);
 }
+
+/// Two consistent configurations, A and B, written file by file (so the folder passes through
+/// inconsistent states: a group naming a channel whose provider is not there yet) while requests
+/// keep coming and the adapter file is swapped. Every request is answered by A's channel or by
+/// B's; an inconsistent state is refused and the last good configuration keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reloads_and_swaps_under_load_never_half_apply() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let mock = MockUpstream::start().await;
+    let providers = |name: &str, model: &str| {
+        format!(
+            "providers:\n  {name}:\n    adapter: openai\n    base_url: {}\n    channels: [{{ model: {model} }}]\n",
+            mock.base_url()
+        )
+    };
+    let groups = |channel: &str| {
+        format!(
+            "model_groups:\n  g:\n    strategy: priority\n    channels: [{{ channel: {channel} }}]\n"
+        )
+    };
+    let gw = Arc::new(
+        Gateway::builder()
+            .providers(&providers("pa", "a1"))
+            .groups(&groups("pa/a1"))
+            .strategies(&["priority"])
+            .start()
+            .await,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (gw, stop) = (gw.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                seen.push(
+                    gw.status_and_channel(
+                        json!({"model": "g", "messages": [{"role": "user", "content": "x"}]}),
+                    )
+                    .await,
+                );
+            }
+            seen
+        }));
+    }
+    let openai = std::fs::read(smart_router_tests::component("adapters", "openai")).expect("read");
+    let adapter = gw.components("adapters").join("openai.wasm");
+    for round in 0..12 {
+        let (name, model) = if round % 2 == 0 {
+            ("pb", "b1")
+        } else {
+            ("pa", "a1")
+        };
+        // Groups first on even rounds, providers first on odd ones: both orders pass through a
+        // state that does not resolve.
+        let files = [
+            ("model_groups.yaml", groups(&format!("{name}/{model}"))),
+            ("providers.yaml", providers(name, model)),
+        ];
+        let order: Vec<_> = if round % 2 == 0 {
+            files.iter().collect()
+        } else {
+            files.iter().rev().collect()
+        };
+        for (file, text) in order {
+            gw.write_atomic(&gw.config.join(file), text.as_bytes());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // And the adapter is replaced by an identical copy with a new digest.
+        let mut copy = openai.clone();
+        copy.extend_from_slice(&[0, 5, 4, b'r', b'o', b'u', b'n', round as u8]);
+        gw.write_atomic(&adapter, &copy);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        for (status, channel) in c.await.expect("client") {
+            total += 1;
+            assert_eq!(status, 200, "served by {channel:?}");
+            assert!(
+                channel == "pa/a1" || channel == "pb/b1",
+                "a channel from one whole configuration, not {channel:?}"
+            );
+        }
+    }
+    assert!(total > 100, "requests kept coming: {total}");
+    // The last configuration written (round 11: A) is the one in force.
+    assert_eq!(
+        gw.served_by(json!({"model": "g", "messages": [{"role": "user", "content": "x"}]}))
+            .await,
+        "pa/a1"
+    );
+    assert!(
+        logs().contains("refused"),
+        "the inconsistent states were refused"
+    );
+}

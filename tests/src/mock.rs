@@ -1,7 +1,6 @@
 //! A scriptable OpenAI-compatible upstream on port 0 that records what it receives.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +30,11 @@ pub enum Behaviour {
     Hang,
     /// Streams `n` content chunks, then breaks off with an error event inside the 200 stream.
     StreamErrorAfter(usize),
+    /// Streams `n` content chunks, then resets the connection mid-body.
+    ResetAfter(usize),
+    /// Streams `n` content chunks, then ends the body cleanly with no `finish_reason` and no
+    /// `[DONE]`: a truncated stream.
+    TruncateAfter(usize),
     /// Answers exactly this: status, content type and body.
     Raw {
         status: u16,
@@ -126,11 +130,11 @@ async fn serve(state: &MockState, path: &str, headers: HeaderMap, body: &[u8]) -
         headers,
         body: body.clone(),
     });
-    let answer = |body: &Value, model: &str, break_after: Option<usize>| {
+    let answer = |body: &Value, model: &str, cut: Cut| {
         if path == "/v1/embeddings" {
             embedding(body, model)
         } else {
-            answer(body, model, break_after)
+            answer(body, model, cut)
         }
     };
     let behaviour = state
@@ -141,10 +145,10 @@ async fn serve(state: &MockState, path: &str, headers: HeaderMap, body: &[u8]) -
         .cloned()
         .unwrap_or(Behaviour::Ok);
     match behaviour {
-        Behaviour::Ok => answer(&body, &model, None),
+        Behaviour::Ok => answer(&body, &model, Cut::None),
         Behaviour::Slow(d) => {
             tokio::time::sleep(d).await;
-            answer(&body, &model, None)
+            answer(&body, &model, Cut::None)
         }
         Behaviour::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -170,7 +174,9 @@ async fn serve(state: &MockState, path: &str, headers: HeaderMap, body: &[u8]) -
             }
             resp
         }
-        Behaviour::StreamErrorAfter(n) => answer(&body, &model, Some(n)),
+        Behaviour::StreamErrorAfter(n) => answer(&body, &model, Cut::ErrorEvent(n)),
+        Behaviour::ResetAfter(n) => answer(&body, &model, Cut::Reset(n)),
+        Behaviour::TruncateAfter(n) => answer(&body, &model, Cut::Truncate(n)),
         Behaviour::Raw {
             status,
             content_type,
@@ -203,15 +209,40 @@ fn embedding(body: &Value, model: &str) -> Response {
     .into_response()
 }
 
-fn answer(body: &Value, model: &str, break_after: Option<usize>) -> Response {
+/// How a stream ends early, after `n` content chunks.
+#[derive(Clone, Copy, PartialEq)]
+enum Cut {
+    None,
+    ErrorEvent(usize),
+    Reset(usize),
+    Truncate(usize),
+}
+
+fn answer(body: &Value, model: &str, cut: Cut) -> Response {
     let text = format!("reply from {model}");
     let usage = json!({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
         "prompt_tokens_details": {"cached_tokens": 3}, "completion_tokens_details": {"reasoning_tokens": 2}});
     if body["stream"] != true {
-        return axum::Json(json!({"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+        let full = json!({"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": usage}))
-        .into_response();
+            "usage": usage}).to_string();
+        // A cut body: half the JSON, then a reset or a clean (truncated) end.
+        let half = Bytes::from(full[..full.len() / 2].to_string());
+        let pieces: Vec<Result<Bytes, std::io::Error>> = match cut {
+            Cut::Reset(_) => vec![
+                Ok(half),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "mock reset",
+                )),
+            ],
+            Cut::Truncate(_) => vec![Ok(half)],
+            _ => return ([("content-type", "application/json")], full).into_response(),
+        };
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from_stream(futures_util::stream::iter(pieces)))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     }
     let chunk = |delta: Value, finish: Value| {
         json!({"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model,
@@ -225,28 +256,48 @@ fn answer(body: &Value, model: &str, break_after: Option<usize>) -> Response {
             chunk(json!({"role": "assistant", "content": ""}), Value::Null)
         ),
     ];
+    let mut reset = false;
     for (i, word) in text.split(' ').enumerate() {
-        if break_after == Some(i) {
-            events.push(format!("data: {}", json!({"error": {"message": "upstream exploded mid-stream", "type": "server_error"}})));
-            break;
+        match cut {
+            Cut::ErrorEvent(n) if n == i => {
+                events.push(format!("data: {}", json!({"error": {"message": "upstream exploded mid-stream", "type": "server_error"}})));
+                break;
+            }
+            Cut::Reset(n) if n == i => {
+                reset = true;
+                break;
+            }
+            Cut::Truncate(n) if n == i => break,
+            _ => {}
         }
         events.push(format!(
             "data: {}",
             chunk(json!({"content": format!("{word} ")}), Value::Null)
         ));
     }
-    if break_after.is_none() {
+    if cut == Cut::None {
         events.push(format!("data: {}", chunk(json!({}), json!("stop"))));
         if body["stream_options"]["include_usage"] == true {
             events.push(format!("data: {}", json!({"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [], "usage": usage})));
         }
         events.push("data: [DONE]".into());
     }
-    // Sent as separate body pieces, a little apart, like a real stream.
-    let stream = futures_util::stream::unfold(events.into_iter(), |mut it| async move {
+    // Sent as separate body pieces, a little apart, like a real stream; a reset is a body error,
+    // on which the server drops the connection mid-body.
+    let mut pieces: Vec<Result<Bytes, std::io::Error>> = events
+        .into_iter()
+        .map(|e| Ok(Bytes::from(format!("{e}\n\n"))))
+        .collect();
+    if reset {
+        pieces.push(Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "mock reset",
+        )));
+    }
+    let stream = futures_util::stream::unfold(pieces.into_iter(), |mut it| async move {
         let e = it.next()?;
         tokio::time::sleep(Duration::from_millis(2)).await;
-        Some((Ok::<_, Infallible>(Bytes::from(format!("{e}\n\n"))), it))
+        Some((e, it))
     });
     Response::builder()
         .header("content-type", "text/event-stream")

@@ -12,6 +12,7 @@
 //! - `api_version: v1beta` — the path's API version (this is the default);
 //! - `safety_settings: [{category: …, threshold: …}]` — sent as `safetySettings`;
 //! - `include_thoughts: true` — ask thinking models for thought summaries (`reasoning_content`);
+//! - `embedding_task_type: RETRIEVAL_QUERY` — sent as each embedding request's `taskType`;
 //! - `headers: {name: value}` — extra headers.
 
 mod contents;

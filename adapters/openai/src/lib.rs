@@ -170,12 +170,16 @@ fn post(path: &str, stream: bool, options: &Value, body: Value) -> HttpRequest {
 /// Stream translation: chunks pass through; usage is captured; errors inside the stream surface.
 pub struct OpenAiStream {
     include_usage: bool,
+    /// A choice has reported its `finish_reason`: the answer is complete even if `[DONE]` never
+    /// comes (some servers omit it).
+    finished: bool,
 }
 
 impl StreamTranslator for OpenAiStream {
     fn new(ctx: RequestContext) -> Self {
         OpenAiStream {
             include_usage: ctx.include_usage,
+            finished: false,
         }
     }
 
@@ -204,6 +208,10 @@ impl StreamTranslator for OpenAiStream {
             return Err(errors::classify(200, &[], &chunk));
         }
         let usage = chunk.get("usage").and_then(usage_of);
+        self.finished |= chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| !c["finish_reason"].is_null()));
         let usage_only = chunk
             .get("choices")
             .and_then(Value::as_array)
@@ -221,8 +229,19 @@ impl StreamTranslator for OpenAiStream {
         })
     }
 
+    /// The body ended without `[DONE]`: complete if a `finish_reason` came, truncated if not.
     fn finish(&mut self) -> Result<StreamOutput, ProviderError> {
-        Ok(StreamOutput::empty())
+        if !self.finished {
+            return Err(ProviderError::new(
+                ErrorClass::ServerError,
+                "the provider's stream ended before a finish_reason or [DONE]",
+            ));
+        }
+        Ok(StreamOutput {
+            chunks: Vec::new(),
+            usage: None,
+            done: true,
+        })
     }
 }
 

@@ -95,6 +95,60 @@ impl Parser {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Feeds `bytes` cut at `cuts`, then finishes.
+    fn parse_in_pieces(bytes: &[u8], cuts: &[usize]) -> Result<Vec<Event>, String> {
+        let mut p = Parser::default();
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        for cut in cuts {
+            out.extend(p.feed(&bytes[at..cut])?);
+            at = cut;
+        }
+        out.extend(p.feed(&bytes[at..])?);
+        out.extend(p.finish());
+        Ok(out)
+    }
+
+    proptest! {
+        /// Any bytes, cut anywhere: no panic, and the events do not depend on the cuts.
+        #[test]
+        fn arbitrary_bytes_parse_the_same_however_they_are_cut(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let whole = parse_in_pieces(&bytes, &[]);
+            let pieces = parse_in_pieces(&bytes, &cuts);
+            prop_assert_eq!(whole, pieces);
+        }
+
+        /// Events written out (with CRLF or LF, comments between) come back exactly.
+        #[test]
+        fn written_events_round_trip(
+            events in proptest::collection::vec(("[a-z_]{0,12}", "[^\r\n]{0,40}"), 0..12),
+            crlf in any::<bool>(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let nl = if crlf { "\r\n" } else { "\n" };
+            let mut text = String::new();
+            for (event, data) in &events {
+                text.push_str(&format!(": keep-alive{nl}"));
+                if !event.is_empty() {
+                    text.push_str(&format!("event: {event}{nl}"));
+                }
+                text.push_str(&format!("data: {data}{nl}{nl}"));
+            }
+            let got = parse_in_pieces(text.as_bytes(), &cuts).expect("parses");
+            let want: Vec<Event> = events
+                .iter()
+                .map(|(event, data)| Event { event: event.clone(), data: data.clone() })
+                .collect();
+            prop_assert_eq!(got, want);
+        }
+    }
 
     #[test]
     fn events_split_anywhere() {

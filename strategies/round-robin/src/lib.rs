@@ -40,6 +40,15 @@ impl Strategy for RoundRobin {
         };
         let shift = (request.sequence % first_tier as u64) as usize;
         order[..first_tier].rotate_left(shift);
+        // The channel whose turn it is goes first; should it fail, the others follow in turn
+        // order but with channels that are failing right now last within their tier.
+        order[1..].sort_by_key(|&i| {
+            let c = &candidates[i as usize];
+            (
+                if tiers { c.priority } else { 0 },
+                c.consecutive_failures > 0,
+            )
+        });
         Ok(Ranking::new(order).explained(format!("turn {}", request.sequence)))
     }
 }
