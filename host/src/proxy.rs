@@ -225,6 +225,8 @@ pub async fn attempt(
             return Err(adapter_failed(&scope.app, &adapter, e));
         }
     };
+    // The instance goes back to the pool while the upstream answers.
+    session.release();
     let att = Attempt {
         scope: scope.clone(),
         channel,

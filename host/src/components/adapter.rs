@@ -67,42 +67,59 @@ pub(super) struct Warm {
     instance: Instance,
 }
 
-/// Idle instances kept per adapter.
-const MAX_IDLE: usize = 64;
+/// Idle instances kept per adapter. A non-streaming attempt holds an instance only while it
+/// translates (not while the upstream answers), so a few serve many concurrent requests.
+const MAX_IDLE: usize = 16;
 
 impl AdapterComponent {
-    /// An instance for one upstream attempt (request, response and stream translation share it):
-    /// a warm one when there is one.
+    /// A session for one upstream attempt, with a warm instance when there is one.
     pub fn session(self: &Arc<Self>, rt: &Arc<Runtime>) -> Result<AdapterSession, CallError> {
-        let warm = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let warm = match warm {
-            Some(w) => w,
-            None => {
-                let mut store = rt.store(&self.name);
-                let instance = super::engine::enter(self.uses_wasi, || match &self.pre {
-                    Pre::Current(pre) => pre.instantiate(&mut store).map(Instance::Current),
-                    Pre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
-                })
-                .map_err(|e| CallError::trap(&self.name, e))?;
-                Warm { store, instance }
-            }
-        };
+        let warm = self.acquire(rt)?;
         Ok(AdapterSession {
             rt: rt.clone(),
             warm: Some(warm),
+            trapped: false,
             name: self.name.clone(),
             component: self.clone(),
             stream: None,
         })
     }
+
+    /// An idle instance, or a new one.
+    fn acquire(&self, rt: &Runtime) -> Result<Warm, CallError> {
+        if let Some(w) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(w);
+        }
+        let mut store = rt.store(&self.name);
+        let instance = super::engine::enter(self.uses_wasi, || match &self.pre {
+            Pre::Current(pre) => pre.instantiate(&mut store).map(Instance::Current),
+            Pre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
+        })
+        .map_err(|e| CallError::trap(&self.name, e))?;
+        Ok(Warm { store, instance })
+    }
+
+    /// Returns an instance that finished its work without trapping to the idle list, unless its
+    /// memory has grown too large (see [`CallState::worn`](super::engine::CallState)).
+    fn give_back(&self, rt: &Runtime, warm: Warm) {
+        if rt.worn(&warm.store) {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(warm);
+        }
+    }
 }
 
-/// One adapter instance serving one attempt. After a trap it refuses further calls and is
-/// dropped; otherwise it goes back to the idle list when the attempt ends.
+/// One upstream attempt's use of an adapter. It holds an instance while translating (and for the
+/// whole of a stream, whose translator lives in the instance); [`AdapterSession::release`] hands
+/// it back while the upstream is awaited. After a trap it refuses further calls.
 pub struct AdapterSession {
     rt: Arc<Runtime>,
-    /// `None` once the instance trapped.
+    /// The instance in use; `None` when released or trapped.
     warm: Option<Warm>,
+    trapped: bool,
     name: Arc<str>,
     component: Arc<AdapterComponent>,
     stream: Option<ResourceAny>,
@@ -123,17 +140,7 @@ impl Drop for AdapterSession {
                 return;
             }
         }
-        if self.rt.worn(&warm.store) {
-            return;
-        }
-        let mut idle = self
-            .component
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(warm);
-        }
+        self.component.give_back(&self.rt, warm);
     }
 }
 
@@ -147,16 +154,30 @@ impl AdapterSession {
         &self.component
     }
 
+    /// Hands the instance back to the idle list until the next call (not during a stream).
+    pub fn release(&mut self) {
+        if self.stream.is_none()
+            && let Some(warm) = self.warm.take()
+        {
+            self.component.give_back(&self.rt, warm);
+        }
+    }
+
     fn call<T>(
         &mut self,
         f: impl FnOnce(&Instance, &mut Store<CallState>) -> wasmtime::Result<T>,
     ) -> Result<T, CallError> {
-        let Some(warm) = self.warm.as_mut() else {
+        if self.trapped {
             return Err(CallError::Trap {
                 component: self.name.to_string(),
                 reason: "the instance already trapped".into(),
             });
+        }
+        let warm = match self.warm.take() {
+            Some(w) => w,
+            None => self.component.acquire(&self.rt)?,
         };
+        let warm = self.warm.insert(warm);
         self.rt.rearm(&mut warm.store);
         let result = super::engine::enter(self.component.uses_wasi, || {
             f(&warm.instance, &mut warm.store)
@@ -164,6 +185,7 @@ impl AdapterSession {
         result.map_err(|e| {
             // Never enter a trapped instance again.
             self.warm = None;
+            self.trapped = true;
             CallError::trap(&self.name, e)
         })
     }
