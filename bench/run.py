@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Side by side, interleaved in one run: an instant mock upstream called directly, through nginx
 `proxy_pass` (a proxy doing no work), and through the gateway (auth, a strategy component, the
-OpenAI adapter component, usage accounting into SQLite — everything on).
+OpenAI adapter component, usage accounting into SQLite — everything on). A fourth row, `claude`,
+goes through the gateway to the mock's Anthropic endpoint: the `anthropic` adapter translating
+both ways.
 
     python3 bench/run.py [--rounds 3] [--seconds 5]
 
@@ -25,7 +27,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "smart-router")
-PORT = {"direct": 19101, "nginx": 19102, "gateway": 19103}
+PORT = {"direct": 19101, "nginx": 19102, "gateway": 19103, "claude": 19103}
 KEY = "sk-bench"
 
 
@@ -49,13 +51,13 @@ def wait_port(port, timeout=20):
 
 
 def body(target, stream=False):
-    model = "auto:bench" if target == "gateway" else "bench-a"
+    model = {"gateway": "auto:bench", "claude": "auto:bench-claude"}.get(target, "bench-a")
     return json.dumps({"model": model, "stream": stream, "messages": [{"role": "user", "content": "Say hello to the benchmark"}]})
 
 
 def headers(target):
     h = {"Content-Type": "application/json"}
-    if target == "gateway":
+    if target in ("gateway", "claude"):
         h["Authorization"] = f"Bearer {KEY}"
     return h
 
@@ -149,9 +151,12 @@ http {{
         os.makedirs(cfg)
         with open(os.path.join(cfg, "providers.yaml"), "w") as f:
             f.write(f"providers:\n  bench:\n    adapter: openai\n    base_url: http://127.0.0.1:{PORT['direct']}/v1\n    api_key: sk-upstream\n"
-                    "    channels:\n      - {model: bench-a}\n      - {model: bench-b, input_cost_per_1k: 0.001}\n")
+                    "    channels:\n      - {model: bench-a}\n      - {model: bench-b, input_cost_per_1k: 0.001}\n"
+                    f"  claude:\n    adapter: anthropic\n    base_url: http://127.0.0.1:{PORT['direct']}\n    api_key: sk-upstream\n"
+                    "    channels:\n      - {model: bench-c}\n      - {model: bench-d, input_cost_per_1k: 0.001}\n")
         with open(os.path.join(cfg, "model_groups.yaml"), "w") as f:
-            f.write("model_groups:\n  auto:bench:\n    strategy: weighted-sort\n")
+            f.write("model_groups:\n  auto:bench:\n    strategy: weighted-sort\n    channels: [{channel: bench/bench-a}, {channel: bench/bench-b}]\n"
+                    "  auto:bench-claude:\n    strategy: weighted-sort\n    channels: [{channel: claude/bench-c}, {channel: claude/bench-d}]\n")
         with open(os.path.join(cfg, "system.yaml"), "w") as f:
             f.write(f"components_dir: {os.path.join(ROOT, 'config', 'components')}\n")
         env = {**os.environ, "SMART_ROUTER_MASTER_KEY": KEY, "SMART_ROUTER_LOG": "warn"}
@@ -160,7 +165,7 @@ http {{
         for p in PORT.values():
             wait_port(p)
 
-        targets = ["direct", "nginx", "gateway"]
+        targets = ["direct", "nginx", "gateway", "claude"]
         rounds = []
         gw_ticks = gw_requests = 0
         for r in range(args.rounds):
@@ -169,7 +174,7 @@ http {{
                 before = cpu_ticks(gw.pid)
                 one = wrk(t, 1, args.seconds, work)
                 many = wrk(t, 64, args.seconds, work)
-                if t == "gateway":
+                if t in ("gateway", "claude"):
                     gw_ticks += cpu_ticks(gw.pid) - before
                     gw_requests += one["requests"] + many["requests"]
                 row[t] = {"c1": one, "c64": many, "stream": stream_timing(t)}
@@ -204,6 +209,7 @@ http {{
         hz = os.sysconf("SC_CLK_TCK")
         summary["gateway"]["peak_rss_mib"] = round(peak_rss_kib(gw.pid) / 1024, 1)
         summary["gateway"]["cpu_us_per_request"] = round(gw_ticks / hz * 1e6 / max(gw_requests, 1), 1)
+        summary["claude"]["peak_rss_mib"] = summary["gateway"]["peak_rss_mib"]
         ratios = {
             "overhead_p50_vs_nginx": summary["gateway"]["overhead_p50_us"] / max(summary["nginx"]["overhead_p50_us"], 1),
             "throughput_c64_vs_nginx": summary["gateway"]["c64_rps"] / summary["nginx"]["c64_rps"],

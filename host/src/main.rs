@@ -55,6 +55,12 @@ enum Command {
         /// Wait this long before each answer.
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Answer this share of requests (percent) with a 500.
+        #[arg(long, default_value_t = 0)]
+        error_percent: u8,
+        /// Answer this share of requests (percent) with a 429 and `Retry-After: 1`.
+        #[arg(long, default_value_t = 0)]
+        rate_limit_percent: u8,
     },
     /// Gateway keys.
     Keys {
@@ -100,10 +106,16 @@ fn main() -> ExitCode {
         )
         .with_target(false)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    // One worker per core by default; `SMART_ROUTER_WORKERS` overrides it.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("SMART_ROUTER_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
     {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -139,11 +151,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check(config).await,
-        Command::MockUpstream { listen, delay_ms } => {
+        Command::MockUpstream {
+            listen,
+            delay_ms,
+            error_percent,
+            rate_limit_percent,
+        } => {
             let listener = tokio::net::TcpListener::bind(&listen).await?;
             tracing::info!(addr = %listener.local_addr()?, "mock upstream listening");
-            let app =
-                smart_router::upstream::mock::router(std::time::Duration::from_millis(delay_ms));
+            let app = smart_router::upstream::mock::router(
+                std::time::Duration::from_millis(delay_ms),
+                smart_router::upstream::mock::Faults {
+                    error_percent,
+                    rate_limit_percent,
+                },
+            );
             let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
                 let _ = tcp.set_nodelay(true);
             });

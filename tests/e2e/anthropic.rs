@@ -185,3 +185,53 @@ async fn an_adapter_dropped_in_at_runtime_makes_its_provider_usable() {
         started.elapsed()
     );
 }
+
+/// The built-in `mock://` provider speaks Anthropic's Messages format too, so the `anthropic`
+/// adapter runs end to end offline: plain, streamed and tool-calling answers arrive in OpenAI's
+/// shape.
+#[tokio::test]
+async fn the_builtin_mock_serves_the_anthropic_adapter_offline() {
+    let gw = smart_router_tests::Gateway::builder()
+        .providers("providers:\n  claude:\n    adapter: anthropic\n    base_url: mock://\n    channels: [{ model: mock-claude }]\n")
+        .adapters(&["anthropic"])
+        .start()
+        .await;
+    let resp = gw
+        .chat(serde_json::json!({"model": "mock-claude", "messages": [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "ping"}]}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("You said: ping")),
+        "{v}"
+    );
+    assert!(v["usage"]["prompt_tokens"].as_u64().is_some_and(|n| n > 0));
+
+    let resp = gw
+        .chat(serde_json::json!({"model": "mock-claude", "stream": true, "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "ping"}]}))
+        .await;
+    let chunks = crate::chat::sse_values(&resp.text().await.expect("body"));
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(text.ends_with("You said: ping"), "{text}");
+    assert_eq!(chunks.last(), Some(&serde_json::json!("[DONE]")));
+
+    let resp = gw
+        .chat(serde_json::json!({"model": "mock-claude", "messages": [{"role": "user", "content": "weather?"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]}))
+        .await;
+    let v: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+}

@@ -174,3 +174,79 @@ async fn serve_answers_with_a_created_key_and_stops_gracefully_on_sigterm() {
     assert!(key_ids[0].starts_with("key_"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `mock-upstream`, the benchmark's upstream: OpenAI and Anthropic formats, and fault knobs.
+#[tokio::test]
+async fn the_mock_upstream_speaks_both_formats_and_injects_faults() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mut child = Command::new(bin())
+        .args([
+            "mock-upstream",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--error-percent",
+            "30",
+            "--rate-limit-percent",
+            "20",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mock-upstream");
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}/v1");
+    let mut up = false;
+    for _ in 0..100 {
+        if client.get(&base).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "mock-upstream listens");
+    let mut counts = std::collections::BTreeMap::<u16, usize>::new();
+    for i in 0..200 {
+        let (path, body) = if i % 2 == 0 {
+            (
+                "/messages",
+                json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}),
+            )
+        } else {
+            (
+                "/chat/completions",
+                json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+            )
+        };
+        let resp = client
+            .post(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        let status = resp.status().as_u16();
+        *counts.entry(status).or_default() += 1;
+        if status == 429 {
+            assert_eq!(resp.headers()["retry-after"], "1");
+        }
+        let v: Value = resp.json().await.expect("json");
+        match (status, path) {
+            (200, "/messages") => {
+                assert_eq!(v["type"], "message");
+                assert_eq!(v["content"][0]["type"], "text");
+                assert!(v["usage"]["input_tokens"].as_u64().is_some());
+            }
+            (200, _) => assert_eq!(v["object"], "chat.completion"),
+            _ => assert!(v["error"]["message"].is_string()),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let share = |s: u16| counts.get(&s).copied().unwrap_or(0);
+    // 30 % and 20 % of 200, within wide bounds.
+    assert!((30..=90).contains(&share(500)), "{counts:?}");
+    assert!((15..=70).contains(&share(429)), "{counts:?}");
+    assert_eq!(share(500) + share(429) + share(200), 200, "{counts:?}");
+}

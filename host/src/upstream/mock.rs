@@ -4,7 +4,8 @@
 //! It echoes the last user message, calls the first tool when the request offers tools, streams
 //! word by word, reports usage, answers `/embeddings` with deterministic unit vectors (the same
 //! text always gets the same vector), and fails on purpose for models named
-//! `mock-error-<status>`.
+//! `mock-error-<status>`. Requests to `…/messages` get Anthropic's Messages format instead
+//! (answers, `tool_use`, and the event stream), so the `anthropic` adapter can be run offline.
 
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -14,7 +15,8 @@ use crate::components::adapter_api::exports::smart_router::gateway::translation:
 
 pub fn respond(req: &HttpRequest) -> UpstreamResponse {
     let embeddings = req.path.ends_with("/embeddings");
-    if !embeddings && !req.path.ends_with("/chat/completions") {
+    let anthropic = req.path.ends_with("/messages");
+    if !embeddings && !anthropic && !req.path.ends_with("/chat/completions") {
         return error(
             404,
             "not_found_error",
@@ -48,6 +50,9 @@ pub fn respond(req: &HttpRequest) -> UpstreamResponse {
     }
     if embeddings {
         return embed(&body, &model);
+    }
+    if anthropic {
+        return messages(&body, &model);
     }
     let prompt_tokens = (body
         .get("messages")
@@ -137,6 +142,81 @@ pub fn respond(req: &HttpRequest) -> UpstreamResponse {
     ok("text/event-stream", sse)
 }
 
+/// Anthropic's `POST /v1/messages`: the same echo in the Messages format.
+fn messages(body: &Value, model: &str) -> UpstreamResponse {
+    let said = last_user_text(body);
+    let text = format!("Hello from the built-in mock ({model}). You said: {said}");
+    let words: Vec<&str> = text.split_inclusive(' ').collect();
+    let input_tokens = (body.to_string().len() / 4).max(1);
+    let tool = body
+        .pointer("/tools/0/name")
+        .and_then(Value::as_str)
+        .filter(|_| body.pointer("/tool_choice/type").and_then(Value::as_str) != Some("none"));
+    let id = format!("msg_mock{:016x}", fastrand::u64(..));
+    let output_tokens = if tool.is_some() { 8 } else { words.len() };
+    let (content, stop) = match tool {
+        Some(name) => (
+            json!([{"type": "tool_use", "id": "toolu_mock_0", "name": name, "input": {}}]),
+            "tool_use",
+        ),
+        None => (json!([{"type": "text", "text": text}]), "end_turn"),
+    };
+    if !body.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+        let out = json!({"id": id, "type": "message", "role": "assistant", "model": model,
+            "content": content, "stop_reason": stop, "stop_sequence": null,
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}});
+        return ok("application/json", out.to_string());
+    }
+    let mut events = vec![
+        (
+            "message_start",
+            json!({"type": "message_start", "message": {"id": id, "type": "message",
+            "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
+        ),
+        ("ping", json!({"type": "ping"})),
+    ];
+    match tool {
+        Some(name) => {
+            events.push(("content_block_start", json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "tool_use", "id": "toolu_mock_0", "name": name, "input": {}}})));
+            for piece in ["{", "}"] {
+                events.push((
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": piece}}),
+                ));
+            }
+        }
+        None => {
+            events.push((
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}),
+            ));
+            for w in &words {
+                events.push((
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": w}}),
+                ));
+            }
+        }
+    }
+    events.push((
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(("message_delta", json!({"type": "message_delta",
+        "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": output_tokens}})));
+    events.push(("message_stop", json!({"type": "message_stop"})));
+    let mut sse = String::new();
+    for (event, data) in events {
+        sse.push_str(&format!("event: {event}\ndata: {data}\n\n"));
+    }
+    ok("text/event-stream", sse)
+}
+
 fn last_user_text(body: &Value) -> String {
     let Some(messages) = body.get("messages").and_then(Value::as_array) else {
         return String::new();
@@ -182,19 +262,60 @@ fn error(status: u16, kind: &str, message: &str) -> UpstreamResponse {
     }
 }
 
+/// Faults the HTTP mock injects, for benchmarks of failover: shares of requests, in percent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Answered `500` with an OpenAI error body.
+    pub error_percent: u8,
+    /// Answered `429` with `Retry-After: 1`.
+    pub rate_limit_percent: u8,
+}
+
 /// The built-in mock as a real HTTP server (`smart-router mock-upstream`), for benchmarks and
-/// demos: `POST /v1/chat/completions`, answering after `delay` when one is set.
-pub fn router(delay: std::time::Duration) -> axum::Router {
+/// demos: `POST /v1/chat/completions`, `/v1/embeddings` and (Anthropic's format)
+/// `/v1/messages`, answering after `delay` when one is set, failing a share of requests as
+/// `faults` says.
+pub fn router(delay: std::time::Duration, faults: Faults) -> axum::Router {
     use axum::body::{Body, Bytes};
     use axum::response::{IntoResponse, Response};
 
-    let handler = move |body: Bytes| async move {
+    let handler = move |uri: axum::http::Uri, body: Bytes| async move {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        let roll = fastrand::u8(0..100);
+        if roll < faults.error_percent {
+            let up = error(
+                500,
+                "server_error",
+                "injected by mock-upstream --error-percent",
+            );
+            return (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                Body::from_stream(up.body),
+            )
+                .into_response();
+        }
+        if roll
+            < faults
+                .error_percent
+                .saturating_add(faults.rate_limit_percent)
+        {
+            let up = error(
+                429,
+                "rate_limit_error",
+                "injected by mock-upstream --rate-limit-percent",
+            );
+            return (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "1")],
+                Body::from_stream(up.body),
+            )
+                .into_response();
+        }
         let req = HttpRequest {
             method: "POST".into(),
-            path: "/chat/completions".into(),
+            path: uri.path().to_string(),
             headers: Vec::new(),
             body: body.to_vec(),
             auth: crate::components::adapter_api::exports::smart_router::gateway::translation::Auth::None,
@@ -216,6 +337,8 @@ pub fn router(delay: std::time::Duration) -> axum::Router {
     axum::Router::new()
         .route("/v1/chat/completions", axum::routing::post(handler))
         .route("/chat/completions", axum::routing::post(handler))
+        .route("/v1/embeddings", axum::routing::post(handler))
+        .route("/v1/messages", axum::routing::post(handler))
 }
 
 /// `POST /embeddings`: one unit vector per input (`dimensions` long, 8 by default), derived from
