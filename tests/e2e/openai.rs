@@ -102,3 +102,49 @@ async fn the_body_passes_through_with_the_channels_model() {
     assert_eq!(sent["logit_bias"]["50256"], -100);
     assert_eq!(sent["user"], "u1");
 }
+
+/// Recorded streams from Groq (usage inside `x_groq`) and OpenRouter (comment keep-alives, extra
+/// fields, usage on a chunk with choices) reach the client unchanged, and their usage is recorded.
+#[tokio::test]
+async fn groq_and_openrouter_streams_match_the_golden_fixtures() {
+    use sqlx::Row;
+    let fixture = |name: &str| {
+        std::fs::read_to_string(
+            smart_router_tests::root()
+                .join("tests/fixtures/openai")
+                .join(name),
+        )
+        .expect("fixture")
+    };
+    for (model, prompt, completion) in [("groq", 12, 3), ("openrouter", 14, 2)] {
+        let (gw, mock) = setup(&[model]).await;
+        mock.set(
+            model,
+            Behaviour::Raw {
+                status: 200,
+                content_type: "text/event-stream",
+                body: fixture(&format!("{model}.upstream.sse")),
+            },
+        );
+        let resp = gw
+            .chat(json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+            .await;
+        assert_eq!(resp.status(), 200);
+        let parse = crate::chat::sse_values;
+        assert_eq!(
+            parse(&resp.text().await.expect("body")),
+            parse(&fixture(&format!("{model}.client.sse"))),
+            "{model}"
+        );
+        let rows = gw
+            .rows("SELECT prompt_tokens, completion_tokens, outcome FROM usage")
+            .await;
+        assert_eq!(rows[0].get::<String, _>("outcome"), "success", "{model}");
+        assert_eq!(rows[0].get::<i64, _>("prompt_tokens"), prompt, "{model}");
+        assert_eq!(
+            rows[0].get::<i64, _>("completion_tokens"),
+            completion,
+            "{model}"
+        );
+    }
+}

@@ -23,7 +23,11 @@ async fn the_official_python_sdk_works_against_the_gateway() {
                     "      - model: mock-large",
                     "      - model: mock-error-503\n        priority: 9\n      - model: mock-large"
                 )
+                // The built-in mock in Anthropic's and Gemini's formats, through their adapters.
+                + "  mock-claude:\n    adapter: anthropic\n    base_url: mock://\n    channels: [{model: mock-claude}]\n"
+                + "  mock-gemini:\n    adapter: gemini\n    base_url: mock://\n    channels: [{model: mock-gemini}]\n"
         ))
+        .adapters(&["openai", "anthropic", "gemini"])
         .start()
         .await;
     let script = root().join("tests/sdk/openai_client.py");

@@ -88,4 +88,29 @@ try:
 except openai.BadRequestError as e:
     assert "no embeddings models" in e.body["message"], e.body
 
+# Anthropic and Gemini answers, translated by their adapters: plain, streamed, tool calls.
+for model in ["mock-claude", "mock-gemini"]:
+    r = client.chat.completions.create(model=model, messages=[
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": f"hello {model}"}])
+    assert f"hello {model}" in r.choices[0].message.content, (model, r)
+    assert r.choices[0].finish_reason == "stop", (model, r)
+    assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0, (model, r.usage)
+    chunks = list(client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": f"stream {model}"}],
+        stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert f"stream {model}" in text, (model, text)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0, (model, chunks[-1])
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "weather?"}], tools=tools)
+    assert r.choices[0].message.tool_calls[0].function.name == "get_weather", (model, r)
+    assert r.choices[0].finish_reason == "tool_calls", (model, r)
+    calls = {}
+    for c in client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "weather?"}], tools=tools, stream=True):
+        for tc in (c.choices[0].delta.tool_calls or []) if c.choices else []:
+            entry = calls.setdefault(tc.index, {"name": "", "arguments": ""})
+            entry["name"] += tc.function.name or ""
+            entry["arguments"] += tc.function.arguments or ""
+    assert calls[0]["name"] == "get_weather" and json.loads(calls[0]["arguments"]) == {}, (model, calls)
+
 print("openai-sdk: all checks passed")

@@ -1,5 +1,6 @@
 //! `openai`: any OpenAI-compatible upstream (OpenAI, Groq, OpenRouter, DeepSeek, SiliconFlow,
-//! vLLM, Ollama, …). The request passes through with the channel's model; streams ask upstream for
+//! vLLM, Ollama, …). Known quirks: Groq's stream usage in `x_groq.usage`, OpenRouter's `:` comment
+//! keep-alives, DeepSeek's `reasoning_content`, vLLM's `{"object": "error"}` in a 200 body. The request passes through with the channel's model; streams ask upstream for
 //! usage and drop the usage chunk again when the client did not ask for it; errors — including
 //! ones inside a 200 response or stream — are classified. Embeddings pass through to
 //! `/embeddings` the same way.
@@ -207,7 +208,11 @@ impl StreamTranslator for OpenAiStream {
         {
             return Err(errors::classify(200, &[], &chunk));
         }
-        let usage = chunk.get("usage").and_then(usage_of);
+        // Groq reports a stream's usage inside its own `x_groq` object.
+        let usage = chunk
+            .get("usage")
+            .and_then(usage_of)
+            .or_else(|| chunk.pointer("/x_groq/usage").and_then(usage_of));
         self.finished |= chunk
             .get("choices")
             .and_then(Value::as_array)

@@ -5,7 +5,8 @@
 //! word by word, reports usage, answers `/embeddings` with deterministic unit vectors (the same
 //! text always gets the same vector), and fails on purpose for models named
 //! `mock-error-<status>`. Requests to `…/messages` get Anthropic's Messages format instead
-//! (answers, `tool_use`, and the event stream), so the `anthropic` adapter can be run offline.
+//! (answers, `tool_use`, and the event stream), and requests to `…:generateContent` /
+//! `…:streamGenerateContent` Gemini's, so the `anthropic` and `gemini` adapters run offline too.
 
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -16,7 +17,9 @@ use crate::components::adapter_api::exports::smart_router::gateway::translation:
 pub fn respond(req: &HttpRequest) -> UpstreamResponse {
     let embeddings = req.path.ends_with("/embeddings");
     let anthropic = req.path.ends_with("/messages");
-    if !embeddings && !anthropic && !req.path.ends_with("/chat/completions") {
+    let gemini =
+        req.path.contains(":generateContent") || req.path.contains(":streamGenerateContent");
+    if !embeddings && !anthropic && !gemini && !req.path.ends_with("/chat/completions") {
         return error(
             404,
             "not_found_error",
@@ -33,6 +36,9 @@ pub fn respond(req: &HttpRequest) -> UpstreamResponse {
             "the mock received a body that is not JSON",
         );
     };
+    if gemini {
+        return generate(&req.path, &body);
+    }
     let model = body
         .get("model")
         .and_then(Value::as_str)
@@ -213,6 +219,67 @@ fn messages(body: &Value, model: &str) -> UpstreamResponse {
     let mut sse = String::new();
     for (event, data) in events {
         sse.push_str(&format!("event: {event}\ndata: {data}\n\n"));
+    }
+    ok("text/event-stream", sse)
+}
+
+/// Gemini's `models/{model}:generateContent` and `:streamGenerateContent?alt=sse`.
+fn generate(path: &str, body: &Value) -> UpstreamResponse {
+    let model = path
+        .rsplit('/')
+        .next()
+        .and_then(|m| m.split(':').next())
+        .unwrap_or("mock");
+    let said = body
+        .get("contents")
+        .and_then(Value::as_array)
+        .and_then(|c| {
+            c.iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        })
+        .and_then(|m| m.pointer("/parts/0/text"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect::<String>();
+    let text = format!("Hello from the built-in mock ({model}). You said: {said}");
+    let tool = body
+        .pointer("/tools/0/functionDeclarations/0/name")
+        .and_then(Value::as_str);
+    let prompt = (body.to_string().len() / 4).max(1);
+    let words: Vec<&str> = text.split_inclusive(' ').collect();
+    let output = if tool.is_some() { 8 } else { words.len() };
+    let usage = json!({"promptTokenCount": prompt, "candidatesTokenCount": output, "totalTokenCount": prompt + output});
+    let candidate = |parts: Value, finish: Option<&str>| {
+        let mut c = json!({"content": {"parts": parts, "role": "model"}, "index": 0});
+        if let Some(f) = finish {
+            c["finishReason"] = json!(f);
+        }
+        c
+    };
+    if !path.contains(":streamGenerateContent") {
+        let parts = match tool {
+            Some(name) => json!([{"functionCall": {"name": name, "args": {}}}]),
+            None => json!([{"text": text}]),
+        };
+        let out = json!({"candidates": [candidate(parts, Some("STOP"))], "usageMetadata": usage, "modelVersion": model});
+        return ok("application/json", out.to_string());
+    }
+    let mut chunks: Vec<Value> = match tool {
+        Some(name) => vec![
+            json!({"candidates": [candidate(json!([{"functionCall": {"name": name, "args": {}}}]), None)]}),
+        ],
+        None => words
+            .iter()
+            .map(|w| json!({"candidates": [candidate(json!([{"text": w}]), None)]}))
+            .collect(),
+    };
+    chunks.push(json!({"candidates": [candidate(json!([{"text": ""}]), Some("STOP"))], "usageMetadata": usage, "modelVersion": model}));
+    let mut sse = String::new();
+    for c in chunks {
+        sse.push_str(&format!("data: {c}\r\n\r\n"));
     }
     ok("text/event-stream", sse)
 }
