@@ -130,3 +130,95 @@ async fn without_durable_usage_kill_minus_nine_loses_only_the_last_moments() {
         "at most the documented window ({window}) is lost: answered {answered}, recorded {recorded}"
     );
 }
+
+/// Sends requests from `CLIENTS` clients until `stop` answered ones (or until the gateway stops
+/// answering 200s); returns how many were answered.
+async fn load(addr: &str, stop: usize) -> usize {
+    let ok = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/chat/completions");
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (ok, client, url) = (ok.clone(), client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            while ok.load(Ordering::SeqCst) < stop {
+                let sent = client.post(&url).bearer_auth("sk-crash").json(&json!({"model": "mock-small", "messages": [{"role": "user", "content": "x"}]})).send().await;
+                let Ok(r) = sent else { break };
+                if r.status() != 200 || r.text().await.is_err() {
+                    break;
+                }
+                ok.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    ok.load(Ordering::SeqCst)
+}
+
+/// A daily limit holds across `kill -9`: with durable usage the restarted gateway counts every
+/// request the killed one answered, so the two together answer exactly the limit.
+#[tokio::test]
+async fn a_daily_limit_holds_across_kill_minus_nine() {
+    const LIMIT: usize = 600;
+    let dir = temp_dir("crash-quota");
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config).expect("mkdir");
+    std::fs::write(config.join("providers.yaml"), format!("providers:\n  mock:\n    adapter: openai\n    base_url: mock://\n    channels: [{{model: mock-small, daily_limit: {LIMIT}}}]\n")).expect("write");
+    std::fs::write(
+        config.join("system.yaml"),
+        format!(
+            "components_dir: {}\nusage:\n  durable: true\n",
+            root().join("config/components").display()
+        ),
+    )
+    .expect("write");
+    let db = format!("sqlite://{}", dir.join("usage.db").display());
+    let (mut child, addr) = start(&config, &db);
+    // Load in the background; kill without warning once 300 are answered.
+    let counting = tokio::spawn({
+        let addr = addr.clone();
+        async move { load(&addr, usize::MAX).await }
+    });
+    let client = reqwest::Client::new();
+    loop {
+        let n = client
+            .get(format!("http://{addr}/admin/channels"))
+            .bearer_auth("sk-crash")
+            .send()
+            .await
+            .ok();
+        let used = match n {
+            Some(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["data"][0]["today"]["requests"].as_u64()),
+            None => None,
+        };
+        if used.is_some_and(|u| u >= 300) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let before = counting.await.expect("load");
+    assert!(
+        before >= 300 && before < LIMIT,
+        "answered before the kill: {before}"
+    );
+
+    let (mut again, addr) = start(&config, &db);
+    let after = load(&addr, usize::MAX).await;
+    let _ = again.kill();
+    let _ = again.wait();
+    let _ = std::fs::remove_dir_all(dir);
+    eprintln!("daily limit {LIMIT}: answered {before} before kill -9 and {after} after");
+    assert_eq!(
+        before + after,
+        LIMIT,
+        "the limit is neither exceeded nor undercounted"
+    );
+}
