@@ -94,6 +94,46 @@ impl ProviderError {
     }
 }
 
+impl HttpRequest {
+    /// A JSON `POST` to `path`: `content-type: application/json`, `accept: text/event-stream`
+    /// when `stream`, then the provider's extra headers (`options.headers` in `providers.yaml`).
+    pub fn json_post(
+        path: &str,
+        body: &serde_json::Value,
+        stream: bool,
+        options: &serde_json::Value,
+        auth: Auth,
+    ) -> Self {
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        if stream {
+            headers.push(("accept".into(), "text/event-stream".into()));
+        }
+        if let Some(extra) = options
+            .get("headers")
+            .and_then(serde_json::Value::as_object)
+        {
+            for (k, v) in extra {
+                if let Some(v) = v.as_str() {
+                    headers.push((k.clone(), v.to_string()));
+                }
+            }
+        }
+        HttpRequest {
+            method: "POST".into(),
+            path: path.into(),
+            headers,
+            body: body.to_string().into_bytes(),
+            auth,
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
 impl StreamOutput {
     /// Nothing to emit yet.
     pub fn empty() -> Self {

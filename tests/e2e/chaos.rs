@@ -122,12 +122,7 @@ async fn sustained_load_with_thirty_percent_faulty_channels() {
                         "messages": [{"role": "user", "content": format!("client {c} request {n}")}]}))
                     .await;
                 let status = resp.status().as_u16();
-                let channel = resp
-                    .headers()
-                    .get("x-smart-router-channel")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
+                let channel = smart_router_tests::gateway::channel_of(&resp);
                 let body = resp.text().await.unwrap_or_default();
                 let ms = started.elapsed().as_millis() as u64;
                 let model = channel.rsplit('/').next().unwrap_or("").to_string();

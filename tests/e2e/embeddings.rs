@@ -1,6 +1,7 @@
 //! `/v1/embeddings`: the same groups, channels, adapters, failover and accounting as chat.
 
 use serde_json::{Value, json};
+use smart_router_tests::gateway::channel_of;
 use smart_router_tests::{Behaviour, Gateway, MockUpstream};
 use sqlx::Row;
 
@@ -25,14 +26,6 @@ async fn setup(extra_providers: &str, group_channels: &str) -> (Gateway, MockUps
 }
 
 const GROUP: &str = "      - { channel: up/embed-a }\n      - { channel: up/embed-b }\n";
-
-fn channel_of(resp: &reqwest::Response) -> String {
-    resp.headers()
-        .get("x-smart-router-channel")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
 
 #[tokio::test]
 async fn embeddings_route_through_a_group_and_are_billed() {

@@ -155,6 +155,15 @@ impl GatewayBuilder {
     }
 }
 
+/// The channel that answered a response (its `x-smart-router-channel`), empty when none did.
+pub fn channel_of(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("x-smart-router-channel")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
 /// A running gateway.
 pub struct Gateway {
     pub base: String,
@@ -198,26 +207,14 @@ impl Gateway {
     /// Sends `body`; returns the status and the channel that answered (empty when none did).
     pub async fn status_and_channel(&self, body: Value) -> (u16, String) {
         let resp = self.chat(body).await;
-        let channel = resp
-            .headers()
-            .get("x-smart-router-channel")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        (resp.status().as_u16(), channel)
+        (resp.status().as_u16(), channel_of(&resp))
     }
 
     /// Sends `body`, requires a 200, and returns the channel that answered.
     pub async fn served_by(&self, body: Value) -> String {
         let resp = self.chat(body).await;
-        let status = resp.status();
-        let channel = resp
-            .headers()
-            .get("x-smart-router-channel")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        assert_eq!(status, 200, "{:?}", resp.text().await);
+        let channel = channel_of(&resp);
+        assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
         channel
     }
 

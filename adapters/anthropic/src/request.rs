@@ -20,27 +20,14 @@ pub fn translate(ctx: &RequestContext, body: &str) -> Result<HttpRequest, Provid
         .get("anthropic_version")
         .and_then(Value::as_str)
         .unwrap_or(DEFAULT_VERSION);
-    let mut headers = vec![
-        ("content-type".to_string(), "application/json".to_string()),
-        ("anthropic-version".to_string(), version.to_string()),
-    ];
-    if ctx.is_stream {
-        headers.push(("accept".into(), "text/event-stream".into()));
-    }
-    if let Some(extra) = options.get("headers").and_then(Value::as_object) {
-        for (k, v) in extra {
-            if let Some(v) = v.as_str() {
-                headers.push((k.clone(), v.to_string()));
-            }
-        }
-    }
-    Ok(HttpRequest {
-        method: "POST".into(),
-        path: "/v1/messages".into(),
-        headers,
-        body: Value::Object(out).to_string().into_bytes(),
-        auth: Auth::Header("x-api-key".into()),
-    })
+    Ok(HttpRequest::json_post(
+        "/v1/messages",
+        &Value::Object(out),
+        ctx.is_stream,
+        &options,
+        Auth::Header("x-api-key".into()),
+    )
+    .with_header("anthropic-version", version))
 }
 
 /// The Messages API body.

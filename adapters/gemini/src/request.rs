@@ -39,26 +39,15 @@ pub fn api_version(options: &Value) -> &str {
         .unwrap_or(DEFAULT_VERSION)
 }
 
-/// A JSON `POST` to `path` with the key in `x-goog-api-key` and the provider's extra headers.
+/// A JSON `POST` to `path` with the key in `x-goog-api-key`.
 pub fn post(path: &str, stream: bool, options: &Value, body: Value) -> HttpRequest {
-    let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
-    if stream {
-        headers.push(("accept".into(), "text/event-stream".into()));
-    }
-    if let Some(extra) = options.get("headers").and_then(Value::as_object) {
-        for (k, v) in extra {
-            if let Some(v) = v.as_str() {
-                headers.push((k.clone(), v.to_string()));
-            }
-        }
-    }
-    HttpRequest {
-        method: "POST".into(),
-        path: path.into(),
-        headers,
-        body: body.to_string().into_bytes(),
-        auth: Auth::Header("x-goog-api-key".into()),
-    }
+    HttpRequest::json_post(
+        path,
+        &body,
+        stream,
+        options,
+        Auth::Header("x-goog-api-key".into()),
+    )
 }
 
 /// `models/{model}`, URL-encoded. A model that names its collection (`tunedModels/…`,

@@ -33,6 +33,26 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ProviderError> {
     }
 }
 
+/// A successful answer, checked and passed through unchanged (every field the provider sent
+/// reaches the client): an error inside it (vLLM's `{"object": "error"}`) is classified, and it
+/// must carry the list `required` (`choices`, or `data` for embeddings).
+fn passed_through(status: u16, body: &[u8], required: &str) -> Result<ChatResponse, ProviderError> {
+    let obj = parse_object(body)?;
+    if obj.contains_key("error") || obj.get("object").and_then(Value::as_str) == Some("error") {
+        return Err(errors::classify(status, &[], &Value::Object(obj)));
+    }
+    if !obj.get(required).is_some_and(Value::is_array) {
+        return Err(ProviderError::new(
+            ErrorClass::ServerError,
+            format!("the provider's response has no `{required}`"),
+        ));
+    }
+    Ok(ChatResponse {
+        body: String::from_utf8_lossy(body).into_owned(),
+        usage: obj.get("usage").and_then(usage_of),
+    })
+}
+
 /// OpenAI usage → the WIT record.
 pub(crate) fn usage_of(v: &Value) -> Option<Usage> {
     let u = v.as_object()?;
@@ -102,21 +122,7 @@ impl Adapter for OpenAi {
         status: u16,
         body: &[u8],
     ) -> Result<ChatResponse, ProviderError> {
-        let obj = parse_object(body)?;
-        if obj.contains_key("error") || obj.get("object").and_then(Value::as_str) == Some("error") {
-            return Err(errors::classify(status, &[], &Value::Object(obj)));
-        }
-        if !obj.get("data").is_some_and(Value::is_array) {
-            return Err(ProviderError::new(
-                ErrorClass::ServerError,
-                "the provider's embeddings response has no `data`",
-            ));
-        }
-        let usage = obj.get("usage").and_then(usage_of);
-        Ok(ChatResponse {
-            body: String::from_utf8_lossy(body).into_owned(),
-            usage,
-        })
+        passed_through(status, body, "data")
     }
 
     fn translate_response(
@@ -124,20 +130,7 @@ impl Adapter for OpenAi {
         status: u16,
         body: &[u8],
     ) -> Result<ChatResponse, ProviderError> {
-        let obj = parse_object(body)?;
-        if obj.contains_key("error") || obj.get("object").and_then(Value::as_str) == Some("error") {
-            return Err(errors::classify(status, &[], &Value::Object(obj)));
-        }
-        if !obj.get("choices").is_some_and(Value::is_array) {
-            return Err(ProviderError::new(
-                ErrorClass::ServerError,
-                "the provider's response has no `choices`",
-            ));
-        }
-        let usage = obj.get("usage").and_then(usage_of);
-        // The body passes through unchanged: every field the provider sent reaches the client.
-        let body = String::from_utf8_lossy(body).into_owned();
-        Ok(ChatResponse { body, usage })
+        passed_through(status, body, "choices")
     }
 
     fn classify_error(status: u16, headers: &[(String, String)], body: &[u8]) -> ProviderError {
@@ -146,26 +139,9 @@ impl Adapter for OpenAi {
     }
 }
 
-/// A JSON `POST` to `path`, with the provider's extra headers.
+/// A JSON `POST` to `path` with the key as a bearer token.
 fn post(path: &str, stream: bool, options: &Value, body: Value) -> HttpRequest {
-    let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
-    if stream {
-        headers.push(("accept".into(), "text/event-stream".into()));
-    }
-    if let Some(extra) = options.get("headers").and_then(Value::as_object) {
-        for (k, v) in extra {
-            if let Some(v) = v.as_str() {
-                headers.push((k.clone(), v.to_string()));
-            }
-        }
-    }
-    HttpRequest {
-        method: "POST".into(),
-        path: path.into(),
-        headers,
-        body: body.to_string().into_bytes(),
-        auth: Auth::Bearer,
-    }
+    HttpRequest::json_post(path, &body, stream, options, Auth::Bearer)
 }
 
 /// Stream translation: chunks pass through; usage is captured; errors inside the stream surface.
