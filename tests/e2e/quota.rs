@@ -118,6 +118,52 @@ async fn provider_keys_never_reach_clients_or_logs() {
         .await
         .expect("body");
     assert!(!health.contains(secret));
+    let metrics = gw2
+        .client
+        .get(gw2.url("/metrics"))
+        .bearer_auth(smart_router_tests::gateway::KEY)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    assert!(metrics.contains("smart_router_requests_total"), "{metrics}");
+    assert!(!metrics.contains(secret));
+    let channels = gw2
+        .client
+        .get(gw2.url("/admin/channels"))
+        .bearer_auth(smart_router_tests::gateway::KEY)
+        .send()
+        .await
+        .expect("channels")
+        .text()
+        .await
+        .expect("body");
+    assert!(!channels.contains(secret), "{channels}");
+    // `smart-router check`, on this configuration and on a broken one, never prints the key.
+    for broken in [false, true] {
+        let groups = if broken {
+            "model_groups:\n  g: {channels: [{channel: up/missing}]}\n"
+        } else {
+            "model_groups: {}\n"
+        };
+        std::fs::write(gw2.config.join("model_groups.yaml"), groups).expect("write");
+        let out = std::process::Command::new(
+            smart_router_tests::root().join("target/release/smart-router"),
+        )
+        .args(["check", "--config"])
+        .arg(&gw2.config)
+        .output()
+        .expect("check runs");
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.success(), !broken, "{printed}");
+        assert!(!printed.contains(secret), "{printed}");
+    }
     drop(gw);
 }
 
