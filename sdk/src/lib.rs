@@ -7,6 +7,9 @@
 
 #[cfg(feature = "adapter")]
 pub mod adapter;
+/// Helpers for adapters that translate OpenAI requests to another provider's format.
+#[cfg(feature = "adapter")]
+pub mod openai;
 #[cfg(feature = "strategy")]
 pub mod strategy;
 

@@ -8,6 +8,21 @@ use serde_json::json;
 use smart_router_tests::gateway::one_provider;
 use smart_router_tests::{Gateway, MockUpstream, component, logs};
 
+/// A group of two channels: first the `evil` adapter misbehaving as `mode` (with a key it must
+/// never leak), then a healthy `openai` one.
+async fn evil_then_good(mock: &MockUpstream, mode: &str) -> Gateway {
+    let providers = format!(
+        "providers:\n  evil:\n    adapter: evil\n    base_url: {0}\n    api_key: sk-evil-secret-0000\n    channels: [{{model: {mode}, priority: 1}}]\n  good:\n    adapter: openai\n    base_url: {0}\n    channels: [{{model: fine, priority: 2}}]\n",
+        mock.base_url()
+    );
+    Gateway::builder()
+        .providers(&providers)
+        .groups("model_groups:\n  g: {strategy: priority}\n")
+        .adapters(&["openai", "evil"])
+        .start()
+        .await
+}
+
 async fn route(gw: &Gateway, model: &str) -> (u16, String) {
     gw.status_and_channel(json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
         .await
@@ -90,16 +105,7 @@ async fn hostile_adapters_cost_a_failover_and_never_leak_or_redirect() {
     ];
     for mode in modes {
         let mock = MockUpstream::start().await;
-        let providers = format!(
-            "providers:\n  evil:\n    adapter: evil\n    base_url: {0}\n    api_key: sk-evil-secret-0000\n    channels: [{{model: {mode}, priority: 1}}]\n  good:\n    adapter: openai\n    base_url: {0}\n    channels: [{{model: fine, priority: 2}}]\n",
-            mock.base_url()
-        );
-        let gw = Gateway::builder()
-            .providers(&providers)
-            .groups("model_groups:\n  g: {strategy: priority}\n")
-            .adapters(&["openai", "evil"])
-            .start()
-            .await;
+        let gw = evil_then_good(&mock, mode).await;
         let (status, channel) = route(&gw, "g").await;
         assert_eq!(
             (status, channel.as_str()),
@@ -142,16 +148,7 @@ async fn hostile_adapters_cost_a_failover_and_never_leak_or_redirect() {
 #[tokio::test]
 async fn a_quarantined_adapter_takes_its_channels_out_until_its_file_changes() {
     let mock = MockUpstream::start().await;
-    let providers = format!(
-        "providers:\n  evil:\n    adapter: evil\n    base_url: {0}\n    channels: [{{model: trap-request, priority: 1}}]\n  good:\n    adapter: openai\n    base_url: {0}\n    channels: [{{model: fine, priority: 2}}]\n",
-        mock.base_url()
-    );
-    let gw = Gateway::builder()
-        .providers(&providers)
-        .groups("model_groups:\n  g: {strategy: priority}\n")
-        .adapters(&["openai", "evil"])
-        .start()
-        .await;
+    let gw = evil_then_good(&mock, "trap-request").await;
     for _ in 0..8 {
         assert_eq!(route(&gw, "g").await.0, 200);
     }

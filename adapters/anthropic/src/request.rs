@@ -1,6 +1,7 @@
 //! OpenAI `chat.completions` request → Anthropic `POST /v1/messages`.
 
 use smart_router_sdk::json::{self, Map, Value, json};
+use smart_router_sdk::openai::{function_tools, push_turn, text_of};
 use smart_router_sdk::{Auth, ErrorClass, HttpRequest, ProviderError, RequestContext};
 
 const DEFAULT_VERSION: &str = "2023-06-01";
@@ -99,32 +100,13 @@ fn convert_messages(messages: &[Value]) -> Result<(String, Vec<Value>), Provider
             "tool" => ("user", vec![tool_result(m, i)?]),
             other => return Err(bad(format!("messages[{i}]: unsupported role `{other}`"))),
         };
-        if blocks.is_empty() {
-            continue;
-        }
-        match turns.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(blocks),
-            _ => turns.push((role, blocks)),
-        }
+        push_turn(&mut turns, role, blocks);
     }
     let turns = turns
         .into_iter()
         .map(|(role, content)| json!({ "role": role, "content": content }))
         .collect();
     Ok((system.join("\n\n"), turns))
-}
-
-/// The text of a content string or of the text parts of a content list.
-fn text_of(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
 }
 
 fn text_block(text: &str) -> Value {
@@ -237,37 +219,21 @@ fn stop_sequences(stop: Option<&Value>) -> Vec<Value> {
     }
 }
 
-/// OpenAI function tools → Anthropic tools.
+/// OpenAI function tools → Anthropic tools (a function without parameters takes an empty
+/// object).
 fn convert_tools(list: &[Value]) -> Result<Vec<Value>, ProviderError> {
-    let mut tools = Vec::with_capacity(list.len());
-    for (i, tool) in list.iter().enumerate() {
-        let kind = tool
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("function");
-        let function = tool.get("function").filter(|_| kind == "function");
-        let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str) else {
-            return Err(bad(format!(
-                "tools[{i}]: only named function tools are supported"
-            )));
-        };
-        let mut out = Map::new();
-        out.insert("name".into(), name.into());
-        if let Some(d) = function
-            .and_then(|f| f.get("description"))
-            .and_then(Value::as_str)
-        {
-            out.insert("description".into(), d.into());
-        }
-        let schema = function
-            .and_then(|f| f.get("parameters"))
-            .filter(|p| p.is_object())
-            .cloned()
-            .unwrap_or_else(|| json!({ "type": "object", "properties": {} }));
-        out.insert("input_schema".into(), schema);
-        tools.push(Value::Object(out));
-    }
-    Ok(tools)
+    Ok(function_tools(list)?
+        .into_iter()
+        .map(|tool| {
+            let mut out = tool.named();
+            let schema = tool
+                .parameters
+                .cloned()
+                .unwrap_or_else(|| json!({ "type": "object", "properties": {} }));
+            out.insert("input_schema".into(), schema);
+            Value::Object(out)
+        })
+        .collect())
 }
 
 /// `tool_choice` and `parallel_tool_calls` → Anthropic's `tool_choice`.

@@ -30,17 +30,7 @@ impl AnthropicStream {
     }
 
     fn envelope(&self, choices: Vec<Value>, usage: Option<Value>) -> String {
-        let mut chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": self.model,
-            "choices": choices,
-        });
-        if let Some(usage) = usage {
-            chunk["usage"] = usage;
-        }
-        chunk.to_string()
+        smart_router_sdk::openai::chunk(&self.id, &self.model, choices, usage)
     }
 
     fn message_start(&mut self, v: &Value) -> Vec<String> {

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use smart_router_sdk::ProviderError;
 use smart_router_sdk::json::{self, Value, json};
+use smart_router_sdk::openai::{push_turn, text_of};
 
 use crate::request::bad;
 
@@ -29,32 +30,13 @@ pub fn convert(messages: &[Value]) -> Result<(String, Vec<Value>), ProviderError
             "tool" => ("user", vec![function_response(m, i, &call_names)?]),
             other => return Err(bad(format!("messages[{i}]: unsupported role `{other}`"))),
         };
-        if parts.is_empty() {
-            continue;
-        }
-        match turns.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(parts),
-            _ => turns.push((role, parts)),
-        }
+        push_turn(&mut turns, role, parts);
     }
     let turns = turns
         .into_iter()
         .map(|(role, parts)| json!({ "role": role, "parts": parts }))
         .collect();
     Ok((system.join("\n\n"), turns))
-}
-
-/// The text of a content string or of the text parts of a content list.
-fn text_of(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
 }
 
 /// User or assistant content → parts. Empty text is dropped: Gemini refuses it.

@@ -1,6 +1,7 @@
 //! OpenAI `chat.completions` request → Gemini `POST /v1beta/models/{model}:generateContent`.
 
 use smart_router_sdk::json::{self, Map, Value, json};
+use smart_router_sdk::openai::function_tools;
 use smart_router_sdk::{Auth, ErrorClass, HttpRequest, ProviderError, RequestContext};
 
 use crate::{contents, schema};
@@ -170,40 +171,23 @@ fn generation_config(
     Ok(out)
 }
 
-/// OpenAI function tools → Gemini function declarations.
+/// OpenAI function tools → Gemini function declarations, schemas cleaned. Gemini refuses an
+/// OBJECT schema without properties: a function without parameters simply has no `parameters`.
 fn convert_tools(list: &[Value]) -> Result<Vec<Value>, ProviderError> {
-    let mut tools = Vec::with_capacity(list.len());
-    for (i, tool) in list.iter().enumerate() {
-        let kind = tool
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("function");
-        let function = tool.get("function").filter(|_| kind == "function");
-        let Some(name) = function.and_then(|f| f.get("name")).and_then(Value::as_str) else {
-            return Err(bad(format!(
-                "tools[{i}]: only named function tools are supported"
-            )));
-        };
-        let mut out = Map::new();
-        out.insert("name".into(), name.into());
-        if let Some(d) = function
-            .and_then(|f| f.get("description"))
-            .and_then(Value::as_str)
-        {
-            out.insert("description".into(), d.into());
-        }
-        let parameters = function
-            .and_then(|f| f.get("parameters"))
-            .filter(|p| p.is_object())
-            .map(schema::clean);
-        // Gemini refuses an OBJECT schema without properties: a function without parameters
-        // simply has no `parameters`.
-        if let Some(p) = parameters.filter(|p| !schema::is_empty_object(p)) {
-            out.insert("parameters".into(), p);
-        }
-        tools.push(Value::Object(out));
-    }
-    Ok(tools)
+    Ok(function_tools(list)?
+        .into_iter()
+        .map(|tool| {
+            let mut out = tool.named();
+            if let Some(p) = tool
+                .parameters
+                .map(schema::clean)
+                .filter(|p| !schema::is_empty_object(p))
+            {
+                out.insert("parameters".into(), p);
+            }
+            Value::Object(out)
+        })
+        .collect())
 }
 
 /// `tool_choice` → `functionCallingConfig`.

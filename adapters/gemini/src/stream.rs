@@ -38,17 +38,7 @@ impl GeminiStream {
     }
 
     fn envelope(&self, choices: Vec<Value>, usage: Option<Value>) -> String {
-        let mut chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": 0,
-            "model": self.model,
-            "choices": choices,
-        });
-        if let Some(usage) = usage {
-            chunk["usage"] = usage;
-        }
-        chunk.to_string()
+        smart_router_sdk::openai::chunk(&self.id, &self.model, choices, usage)
     }
 
     /// The opening chunk of candidate `index`, once.

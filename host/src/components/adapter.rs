@@ -1,11 +1,11 @@
 //! Calling a provider adapter component.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
-use super::engine::{CallError, CallState, Runtime};
+use super::engine::{CallError, CallState, IdlePool, Instantiated, Runtime};
 
 /// Host bindings for the `adapter` world (sharing the `types` and `host` interfaces with the
 /// strategy bindings).
@@ -58,7 +58,7 @@ pub struct AdapterComponent {
     /// Consecutive failed attempts; quarantines the component when too long.
     pub streak: super::engine::FailureStreak,
     /// Idle instances: one that finished an attempt without trapping is reused by the next.
-    pub(super) idle: Mutex<Vec<Warm>>,
+    pub(super) idle: IdlePool<Warm>,
 }
 
 /// An instantiated adapter and its store.
@@ -67,9 +67,15 @@ pub(super) struct Warm {
     instance: Instance,
 }
 
+impl Instantiated for Warm {
+    fn store(&self) -> &Store<CallState> {
+        &self.store
+    }
+}
+
 /// Idle instances kept per adapter. A non-streaming attempt holds an instance only while it
 /// translates (not while the upstream answers), so a few serve many concurrent requests.
-const MAX_IDLE: usize = 16;
+pub(super) const MAX_IDLE: usize = 16;
 
 impl AdapterComponent {
     /// A session for one upstream attempt, with a warm instance when there is one.
@@ -87,7 +93,7 @@ impl AdapterComponent {
 
     /// An idle instance, or a new one.
     fn acquire(&self, rt: &Runtime) -> Result<Warm, CallError> {
-        if let Some(w) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+        if let Some(w) = self.idle.take() {
             return Ok(w);
         }
         let mut store = rt.store(&self.name);
@@ -99,16 +105,9 @@ impl AdapterComponent {
         Ok(Warm { store, instance })
     }
 
-    /// Returns an instance that finished its work without trapping to the idle list, unless its
-    /// memory has grown too large (see [`CallState::worn`](super::engine::CallState)).
+    /// Returns an instance that finished its work without trapping to the idle list.
     fn give_back(&self, rt: &Runtime, warm: Warm) {
-        if rt.worn(&warm.store) {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(warm);
-        }
+        self.idle.give_back(rt, warm);
     }
 }
 

@@ -111,6 +111,42 @@ impl wasmtime::ResourceLimiter for Limits {
     }
 }
 
+/// An instance together with its store.
+pub(super) trait Instantiated {
+    fn store(&self) -> &Store<CallState>;
+}
+
+/// Idle instances of one component, kept for reuse, at most `max`.
+pub(super) struct IdlePool<T> {
+    items: std::sync::Mutex<Vec<T>>,
+    max: usize,
+}
+
+impl<T: Instantiated> IdlePool<T> {
+    pub fn new(max: usize) -> Self {
+        IdlePool {
+            items: std::sync::Mutex::new(Vec::new()),
+            max,
+        }
+    }
+
+    pub fn take(&self) -> Option<T> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Keeps an instance that finished without trapping for reuse, unless its memory has grown
+    /// too large (see [`CallState::worn`]) or the pool is full.
+    pub fn give_back(&self, rt: &Runtime, item: T) {
+        if rt.worn(item.store()) {
+            return;
+        }
+        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        if items.len() < self.max {
+            items.push(item);
+        }
+    }
+}
+
 /// Per-call host state.
 pub struct CallState {
     limits: Limits,

@@ -12,7 +12,7 @@ use super::adapter::{
     AdapterComponent, Pre as AdapterPre, bindings as adapter_bindings,
     bindings_v0_1 as adapter_bindings_v0_1,
 };
-use super::engine::Runtime;
+use super::engine::{IdlePool, Runtime};
 use super::strategy::{
     Pre as StrategyPre, StrategyComponent, bindings as strategy_bindings,
     bindings_v0_1 as strategy_bindings_v0_1,
@@ -195,7 +195,7 @@ pub fn load_bytes(rt: &Runtime, kind: Kind, name: &str, bytes: &[u8]) -> Result<
                 uses_wasi,
                 digest,
                 streak: Default::default(),
-                idle: Default::default(),
+                idle: IdlePool::new(super::strategy::MAX_IDLE),
             })))
         }
         Kind::Adapter => {
@@ -217,7 +217,7 @@ pub fn load_bytes(rt: &Runtime, kind: Kind, name: &str, bytes: &[u8]) -> Result<
                 uses_wasi,
                 digest,
                 streak: Default::default(),
-                idle: Default::default(),
+                idle: IdlePool::new(super::adapter::MAX_IDLE),
             })))
         }
     }

@@ -1,10 +1,10 @@
 //! Calling a routing strategy component.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use wasmtime::Store;
 
-use super::engine::{CallError, CallState, Runtime};
+use super::engine::{CallError, CallState, IdlePool, Instantiated, Runtime};
 
 /// Host bindings for the `strategy` world.
 pub mod bindings {
@@ -49,7 +49,7 @@ pub struct StrategyComponent {
     /// Idle instances. A strategy is a pure function of its inputs, so an instance that answered
     /// is reused (a call into a warm instance costs a few microseconds; instantiating, ~50);
     /// one that trapped is dropped.
-    pub(super) idle: Mutex<Vec<Warm>>,
+    pub(super) idle: IdlePool<Warm>,
 }
 
 /// An instantiated strategy and its store.
@@ -58,8 +58,14 @@ pub(super) struct Warm {
     instance: Instance,
 }
 
-/// Idle instances kept per strategy.
-const MAX_IDLE: usize = 16;
+impl Instantiated for Warm {
+    fn store(&self) -> &Store<CallState> {
+        &self.store
+    }
+}
+
+/// Idle instances kept per strategy (calls are synchronous: about one per worker thread is used).
+pub(super) const MAX_IDLE: usize = 16;
 
 impl StrategyComponent {
     /// True when the component imports WASI (it came from a toolchain such as componentize-py).
@@ -94,7 +100,7 @@ impl StrategyComponent {
         candidates: &[Candidate],
         params: &str,
     ) -> Result<Ranking, CallError> {
-        let warm = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let warm = self.idle.take();
         let mut warm = match warm {
             Some(mut w) => {
                 rt.rearm(&mut w.store);
@@ -136,12 +142,7 @@ impl StrategyComponent {
             }
         }
         .map_err(|e| CallError::trap(&self.name, e))?;
-        if !rt.worn(&warm.store) {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < MAX_IDLE {
-                idle.push(warm);
-            }
-        }
+        self.idle.give_back(rt, warm);
         let ranking = answer.map_err(|reason| CallError::Malformed {
             component: self.name.to_string(),
             reason: format!("it returned an error: {}", truncate(reason)),
