@@ -5,7 +5,11 @@ OpenAI adapter component, usage accounting into SQLite — everything on). A fou
 goes through the gateway to the mock's Anthropic endpoint: the `anthropic` adapter translating
 both ways.
 
-    python3 bench/run.py [--rounds 3] [--seconds 5]
+    python3 bench/run.py [--rounds 3] [--seconds 5] [--baseline OTHER-BINARY]
+
+`--baseline` adds a row for another build of the gateway (an earlier commit, say), started the
+same way and measured in the same rounds: the honest way to tell whether a change helped on a
+machine whose speed drifts.
 
 Needs `cargo xtask build` first. Installs wrk and nginx with apt when missing. Prints a table and
 writes JSON to bench/results/. Every process runs on 127.0.0.1.
@@ -27,7 +31,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "smart-router")
-PORT = {"direct": 19101, "nginx": 19102, "gateway": 19103, "claude": 19103}
+PORT = {"direct": 19101, "nginx": 19102, "gateway": 19103, "claude": 19103, "baseline": 19104}
 KEY = "sk-bench"
 
 
@@ -51,13 +55,13 @@ def wait_port(port, timeout=20):
 
 
 def body(target, stream=False):
-    model = {"gateway": "auto:bench", "claude": "auto:bench-claude"}.get(target, "bench-a")
+    model = {"gateway": "auto:bench", "baseline": "auto:bench", "claude": "auto:bench-claude"}.get(target, "bench-a")
     return json.dumps({"model": model, "stream": stream, "messages": [{"role": "user", "content": "Say hello to the benchmark"}]})
 
 
 def headers(target):
     h = {"Content-Type": "application/json"}
-    if target in ("gateway", "claude"):
+    if target in ("gateway", "claude", "baseline"):
         h["Authorization"] = f"Bearer {KEY}"
     return h
 
@@ -117,6 +121,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--baseline", help="another smart-router binary to measure alongside")
     args = ap.parse_args()
     if not os.path.exists(BIN):
         raise SystemExit("build first: cargo xtask build")
@@ -170,10 +175,16 @@ http {{
         warm.wait(timeout=30)
         gw = subprocess.Popen(serve, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(gw)
-        for p in PORT.values():
-            wait_port(p)
-
         targets = ["direct", "nginx", "gateway", "claude"]
+        if args.baseline:
+            other = [args.baseline] + serve[1:]
+            other[other.index("--listen") + 1] = f"127.0.0.1:{PORT['baseline']}"
+            other[other.index("--database") + 1] = f"sqlite://{work}/baseline.db"
+            procs.append(subprocess.Popen(other, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            targets.append("baseline")
+        for t in targets:
+            wait_port(PORT[t])
+
         rounds = []
         gw_ticks = gw_requests = 0
         for r in range(args.rounds):
@@ -218,6 +229,8 @@ http {{
         summary["gateway"]["peak_rss_mib"] = round(peak_rss_kib(gw.pid) / 1024, 1)
         summary["gateway"]["cpu_us_per_request"] = round(gw_ticks / hz * 1e6 / max(gw_requests, 1), 1)
         summary["claude"]["peak_rss_mib"] = summary["gateway"]["peak_rss_mib"]
+        if args.baseline:
+            summary["baseline"]["binary"] = args.baseline
         ratios = {
             "overhead_p50_vs_nginx": summary["gateway"]["overhead_p50_us"] / max(summary["nginx"]["overhead_p50_us"], 1),
             "throughput_c64_vs_nginx": summary["gateway"]["c64_rps"] / summary["nginx"]["c64_rps"],

@@ -123,6 +123,8 @@ pub struct Options {
     pub master_key: Option<String>,
     /// Where compiled components are cached; `None` compiles every load.
     pub component_cache: Option<PathBuf>,
+    /// Serving threads, each with its own single-threaded runtime; `None`: one per core.
+    pub workers: Option<usize>,
 }
 
 /// A running gateway.
@@ -193,7 +195,11 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     crate::reload::report_missing(&cfg, &comps);
     let store = Store::connect(&opts.database_url).await?;
     let (usage, _writer) = crate::store::spawn_writer(store.clone(), cfg.system.durable_usage);
-    let upstream = Upstream::new(cfg.system.connect_timeout)?;
+    let workers = opts
+        .workers
+        .filter(|&n| n > 0)
+        .unwrap_or_else(crate::server::default_workers);
+    let upstream = Upstream::new(cfg.system.connect_timeout, workers)?;
     let listen = opts
         .listen
         .clone()
@@ -251,12 +257,12 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let router = crate::server::router(app.clone(), max_body);
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        crate::server::serve(listener, router, header_timeout, async move {
+        crate::server::serve(listener, router, header_timeout, workers, async move {
             let _ = stop.await;
         })
         .await;
     });
-    tracing::info!(%addr, "smart-router listening");
+    tracing::info!(%addr, workers, "smart-router listening");
     Ok(Running {
         addr,
         app,

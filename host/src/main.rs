@@ -41,6 +41,9 @@ enum Command {
             default_value = "data/component-cache"
         )]
         component_cache: String,
+        /// Serving threads (default: one per core).
+        #[arg(long, env = "SMART_ROUTER_WORKERS")]
+        workers: Option<usize>,
     },
     /// Validate a configuration folder and its components as a reload would, then exit.
     Check {
@@ -106,15 +109,14 @@ fn main() -> ExitCode {
         )
         .with_target(false)
         .init();
-    // One worker per core by default; `SMART_ROUTER_WORKERS` overrides it.
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("SMART_ROUTER_WORKERS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-    {
-        builder.worker_threads(n);
-    }
+    // `serve` answers requests on its own serving threads (one per core, or
+    // `SMART_ROUTER_WORKERS`), each with a single-threaded runtime; this runtime only accepts
+    // connections and runs the background work (usage writer, health probes, reloads). The mock
+    // upstream is a plain multi-threaded server.
+    let mut builder = match cli.command {
+        Command::MockUpstream { .. } => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -138,6 +140,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             database,
             component_cache,
+            workers,
         } => {
             let running = smart_router::start(smart_router::Options {
                 config_dir: config,
@@ -145,6 +148,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 listen,
                 master_key: std::env::var("SMART_ROUTER_MASTER_KEY").ok(),
                 component_cache: (component_cache != "none").then(|| component_cache.into()),
+                workers,
             })
             .await?;
             running.until_signal().await;

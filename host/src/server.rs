@@ -6,7 +6,7 @@ mod chat;
 pub mod error;
 mod listen;
 
-pub use listen::serve;
+pub use listen::{current_worker, default_workers, serve};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -39,10 +39,13 @@ pub struct UpstreamResponse {
     pub body: BodyStream,
 }
 
-/// The shared HTTP client (connection pooling, keep-alive).
+/// HTTP clients (connection pooling, keep-alive): one per serving thread, so a request and the
+/// connection it uses live on the same thread, and one shared by every other thread.
 #[derive(Clone)]
 pub struct Upstream {
-    client: reqwest::Client,
+    connect_timeout: Duration,
+    /// Index 0: threads that are not serving threads; index `n`: serving thread `n`.
+    clients: std::sync::Arc<[std::sync::OnceLock<reqwest::Client>]>,
 }
 
 /// Headers an adapter may not set: the host owns them.
@@ -57,15 +60,47 @@ const FORBIDDEN: [&str; 7] = [
 ];
 
 impl Upstream {
-    pub fn new(connect_timeout: Duration) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
+    /// Clients for `workers` serving threads (see `server::serve`) and everything else.
+    pub fn new(connect_timeout: Duration, workers: usize) -> Result<Self, reqwest::Error> {
+        let clients: std::sync::Arc<[_]> =
+            (0..=workers).map(|_| std::sync::OnceLock::new()).collect();
+        let up = Upstream {
+            connect_timeout,
+            clients,
+        };
+        // Fail at start-up, not on a first request, if no client can be built (TLS set-up).
+        let first = up.build()?;
+        let _ = up.clients[0].set(first);
+        Ok(up)
+    }
+
+    fn build(&self) -> Result<reqwest::Client, reqwest::Error> {
+        reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Upstream { client })
+            .build()
+    }
+
+    /// This thread's client. A pooled connection is driven by a task on the runtime that opened
+    /// it, so each serving thread keeps its own pool.
+    fn client(&self) -> &reqwest::Client {
+        let shared = &self.clients[0];
+        let slot = match self.clients.get(crate::server::current_worker()) {
+            Some(slot) => slot,
+            None => shared,
+        };
+        if let Some(c) = slot.get() {
+            return c;
+        }
+        // Built once already at start-up with the same settings; should it fail now, the shared
+        // client still works (its connections are just driven from another thread).
+        match self.build() {
+            Ok(c) => slot.get_or_init(|| c),
+            Err(_) => shared.get_or_init(reqwest::Client::new),
+        }
     }
 
     /// Sends `req` to `provider`, waiting at most `first_byte` for the response headers.
@@ -89,7 +124,8 @@ impl Upstream {
             url.push('=');
             url.push_str(&percent_encode(key));
         }
-        let mut builder = self.client.request(method, &url).timeout(provider.timeout);
+        let url = parsed(url).map_err(|e| UpstreamError::InvalidRequest(format!("URL: {e}")))?;
+        let mut builder = self.client().request(method, url).timeout(provider.timeout);
         for (name, value) in &req.headers {
             builder = builder.header(name, value);
         }
@@ -131,6 +167,27 @@ impl Upstream {
             body: Box::pin(body),
         })
     }
+}
+
+/// `url` parsed, from a per-thread cache: the same few URLs come back on every request, and
+/// parsing one (host normalisation included) costs more than looking it up.
+fn parsed(url: String) -> Result<reqwest::Url, String> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        static CACHE: RefCell<HashMap<String, reqwest::Url>> = RefCell::new(HashMap::new());
+    }
+    CACHE.with_borrow_mut(|cache| {
+        if let Some(u) = cache.get(&url) {
+            return Ok(u.clone());
+        }
+        let u = reqwest::Url::parse(&url).map_err(|e| e.to_string())?;
+        if cache.len() >= 1024 {
+            cache.clear();
+        }
+        cache.insert(url, u.clone());
+        Ok(u)
+    })
 }
 
 /// The host's checks of what an adapter asks it to send.

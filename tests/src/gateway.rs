@@ -138,6 +138,7 @@ impl GatewayBuilder {
             master_key: Some(KEY.into()),
             // Shared by every test: each component is compiled once per run, not once per test.
             component_cache: Some(crate::target_dir().join("component-cache")),
+            workers: None,
         })
         .await
         .expect("gateway starts");

@@ -162,9 +162,9 @@ impl AdapterSession {
         }
     }
 
-    fn call<T>(
+    fn call<T: Send>(
         &mut self,
-        f: impl FnOnce(&Instance, &mut Store<CallState>) -> wasmtime::Result<T>,
+        f: impl FnOnce(&Instance, &mut Store<CallState>) -> wasmtime::Result<T> + Send,
     ) -> Result<T, CallError> {
         if self.trapped {
             return Err(CallError::Trap {

@@ -210,17 +210,22 @@ impl host_v0_1::Host for CallState {
 }
 
 /// Runs a call into a component. A component that imports WASI may block inside a WASI call
-/// (a `print` from Python, say), which Wasmtime serves by blocking on the Tokio runtime: such a
-/// call leaves the worker thread's async duties to another thread first. Components that import
-/// no WASI (every built-in one) are called directly.
-pub(super) fn enter<R>(uses_wasi: bool, call: impl FnOnce() -> R) -> R {
-    if uses_wasi
-        && tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-    {
-        tokio::task::block_in_place(call)
-    } else {
-        call()
+/// (a `print` from Python, say), which Wasmtime serves by blocking on a Tokio runtime — which
+/// it may not do from a thread that is driving one. On a multi-threaded runtime such a call
+/// first hands the worker's async duties to another thread; on a single-threaded one (the
+/// serving threads) it runs on a scoped thread of its own. Components that import no WASI
+/// (every built-in one) are called directly.
+pub(super) fn enter<R: Send>(uses_wasi: bool, call: impl FnOnce() -> R + Send) -> R {
+    if !uses_wasi {
+        return call();
+    }
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
+        Ok(_) => std::thread::scope(|s| match s.spawn(call).join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
+        Err(_) => call(),
     }
 }
 

@@ -39,12 +39,13 @@ pub struct UsageRecord {
 }
 
 /// Most records in one transaction.
-pub const MAX_BATCH: usize = 256;
+pub const MAX_BATCH: usize = 1024;
 /// Records queued for the writer; when full, requests wait rather than the queue growing. So
 /// without `durable`, a crash loses at most `QUEUE + MAX_BATCH` records.
-pub const QUEUE: usize = 256;
-/// Without `durable`, how long the writer waits for more records before committing a small
-/// batch: fewer, larger transactions cost SQLite far less per row.
+pub const QUEUE: usize = 1024;
+/// Without `durable`, how long the writer lets records gather before committing them: fewer,
+/// larger transactions cost SQLite far less per row. The writer sleeps through it rather than
+/// waking for each record, so a request queueing its record wakes no other thread.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 /// Rows per INSERT statement (21 values each, well under SQLite's and Postgres's limits).
 const ROWS_PER_STATEMENT: usize = 128;
@@ -93,6 +94,7 @@ pub fn spawn_writer(store: Store, durable: bool) -> (UsageSink, tokio::task::Joi
     let handle = tokio::spawn(async move {
         let mut batch: Vec<UsageRecord> = Vec::with_capacity(256);
         let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut conn = None;
         while let Some(first) = rx.recv().await {
             take(first, &mut batch, &mut waiters);
             // Gather whatever else is already queued, up to a batch.
@@ -102,17 +104,17 @@ pub fn spawn_writer(store: Store, durable: bool) -> (UsageSink, tokio::task::Joi
                     Err(_) => break,
                 }
             }
-            // Nobody waits on this batch: let it fill a little longer (a flush ends the wait).
-            if !durable && waiters.is_empty() {
-                let deadline = tokio::time::Instant::now() + LINGER;
-                while batch.len() < MAX_BATCH && waiters.is_empty() {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(m)) => take(m, &mut batch, &mut waiters),
-                        _ => break,
+            // Nobody waits on this batch: let it fill a little longer, then take what came.
+            if !durable && waiters.is_empty() && batch.len() < MAX_BATCH {
+                tokio::time::sleep(LINGER).await;
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(m) => take(m, &mut batch, &mut waiters),
+                        Err(_) => break,
                     }
                 }
             }
-            write(&store, &mut batch).await;
+            write(&store, &mut conn, &mut batch).await;
             for w in waiters.drain(..) {
                 let _ = w.send(());
             }
@@ -128,20 +130,35 @@ fn take(m: Msg, batch: &mut Vec<UsageRecord>, waiters: &mut Vec<oneshot::Sender<
     }
 }
 
-/// Writes a batch in one transaction, retrying until the database takes it.
-async fn write(store: &Store, batch: &mut Vec<UsageRecord>) {
+/// Writes a batch in one transaction, retrying until the database takes it. The writer keeps
+/// one connection: its page cache stays warm, where a connection that another one wrote behind
+/// would read the table's pages again.
+async fn write(
+    store: &Store,
+    conn: &mut Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    batch: &mut Vec<UsageRecord>,
+) {
     if batch.is_empty() {
         return;
     }
     let mut delay = Duration::from_millis(50);
     loop {
-        match insert(store, batch).await {
+        let result = match conn {
+            Some(c) => insert(c, store.backend(), batch).await,
+            None => match store.pool().acquire().await {
+                Ok(c) => insert(conn.insert(c), store.backend(), batch).await,
+                Err(e) => Err(e),
+            },
+        };
+        match result {
             Ok(()) => {
                 batch.clear();
                 return;
             }
             Err(e) => {
                 tracing::error!(error = %e, pending = batch.len(), "usage write failed; retrying");
+                // A fresh connection for the retry, in case this one is what broke.
+                *conn = None;
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -149,8 +166,12 @@ async fn write(store: &Store, batch: &mut Vec<UsageRecord>) {
     }
 }
 
-async fn insert(store: &Store, batch: &[UsageRecord]) -> Result<(), sqlx::Error> {
-    let mut tx = store.pool().begin().await?;
+async fn insert(
+    conn: &mut sqlx::AnyConnection,
+    backend: super::Backend,
+    batch: &[UsageRecord],
+) -> Result<(), sqlx::Error> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
     // Statements of 128, 64, …, 1 rows only: eight statement texts, all kept prepared, instead of
     // one per batch size (preparing a 2,800-parameter statement costs more than running it).
     let mut rest = batch;
@@ -160,7 +181,7 @@ async fn insert(store: &Store, batch: &[UsageRecord]) -> Result<(), sqlx::Error>
         rest = tail;
         // The statement text depends only on the number of rows: every value is a bound
         // parameter. Statements are cached per row count.
-        let sql = insert_sql(rows.len(), store.backend());
+        let sql = insert_sql(rows.len(), backend);
         let mut q = sqlx::query(&sql);
         for r in rows {
             q = q
