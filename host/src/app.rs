@@ -262,7 +262,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         })
         .await;
     });
-    tracing::info!(%addr, workers, "smart-router listening");
+    tracing::info!(workers, %addr, "smart-router listening");
     Ok(Running {
         addr,
         app,

@@ -69,6 +69,11 @@ async fn crash_under_load(durable: bool) -> (i64, i64) {
     let running = tokio::spawn(load(addr, ok.clone()));
     // Let load build up, then kill without warning.
     while ok.load(Ordering::SeqCst) < 1500 {
+        assert!(
+            !running.is_finished(),
+            "the load stopped before the kill, after {} answers",
+            ok.load(Ordering::SeqCst)
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     child.kill().expect("SIGKILL");
@@ -178,6 +183,10 @@ async fn a_daily_limit_holds_across_kill_minus_nine() {
         if used.is_some_and(|u| u >= 300) {
             break;
         }
+        assert!(
+            !counting.is_finished(),
+            "the load stopped before the kill, at {used:?} requests"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     child.kill().expect("SIGKILL");
