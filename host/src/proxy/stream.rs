@@ -26,6 +26,8 @@ struct Pump {
     session: AdapterSession,
     body: BodyStream,
     parser: Parser,
+    /// Events read but not yet translated.
+    pending: std::collections::VecDeque<crate::upstream::sse::Event>,
     usage: Option<Usage>,
     done: bool,
     ended: bool,
@@ -45,14 +47,16 @@ enum Step {
 }
 
 impl Pump {
-    async fn step(&mut self) -> Step {
-        if self.done || self.ended {
+    /// Translates what the upstream sent next: with `one`, a single event (so the first chunk
+    /// leaves before the rest of a burst is translated); otherwise every event read so far.
+    async fn step(&mut self, one: bool) -> Step {
+        if self.done || (self.ended && self.pending.is_empty()) {
             return Step::End;
         }
-        match self.body.next().await {
-            Some(Ok(bytes)) => {
-                let events = match self.parser.feed(&bytes) {
-                    Ok(e) => e,
+        if self.pending.is_empty() {
+            match self.body.next().await {
+                Some(Ok(bytes)) => match self.parser.feed(&bytes) {
+                    Ok(events) => self.pending.extend(events),
                     Err(why) => {
                         return Step::Error {
                             class: "bad_stream",
@@ -60,53 +64,58 @@ impl Pump {
                             retry_after_ms: None,
                         };
                     }
-                };
-                let mut chunks = Vec::new();
-                for e in events {
-                    match self.push(e) {
-                        Ok(mut c) => chunks.append(&mut c),
-                        Err(step) => return step,
-                    }
-                    if self.done {
-                        break;
-                    }
+                },
+                Some(Err(e)) => {
+                    return Step::Error {
+                        class: "stream_broken",
+                        message: e.to_string(),
+                        retry_after_ms: None,
+                    };
                 }
-                Step::Chunks(chunks)
+                None => return self.end(),
             }
-            Some(Err(e)) => Step::Error {
-                class: "stream_broken",
-                message: e.to_string(),
-                retry_after_ms: None,
+        }
+        let mut chunks = Vec::new();
+        while let Some(e) = self.pending.pop_front() {
+            match self.push(e) {
+                Ok(mut c) => chunks.append(&mut c),
+                Err(step) => return step,
+            }
+            if self.done || one {
+                break;
+            }
+        }
+        Step::Chunks(chunks)
+    }
+
+    /// The upstream body is complete: the parser's last event, then the adapter's last words.
+    fn end(&mut self) -> Step {
+        self.ended = true;
+        let mut chunks = Vec::new();
+        if let Some(e) = self.parser.finish() {
+            match self.push(e) {
+                Ok(mut c) => chunks.append(&mut c),
+                Err(step) => return step,
+            }
+        }
+        match self.session.finish() {
+            Ok(Ok(out)) => match self.take(out) {
+                Ok(mut c) => chunks.append(&mut c),
+                Err(step) => return step,
             },
-            None => {
-                self.ended = true;
-                let mut chunks = Vec::new();
-                if let Some(e) = self.parser.finish() {
-                    match self.push(e) {
-                        Ok(mut c) => chunks.append(&mut c),
-                        Err(step) => return step,
-                    }
-                }
-                match self.session.finish() {
-                    Ok(Ok(out)) => match self.take(out) {
-                        Ok(mut c) => chunks.append(&mut c),
-                        Err(step) => return step,
-                    },
-                    Ok(Err(perr)) => {
-                        return Step::Error {
-                            class: class_name(perr.class),
-                            message: perr.message,
-                            retry_after_ms: perr.retry_after_ms,
-                        };
-                    }
-                    Err(e) => return self.adapter_error(e),
-                }
-                if chunks.is_empty() {
-                    Step::End
-                } else {
-                    Step::Chunks(chunks)
-                }
+            Ok(Err(perr)) => {
+                return Step::Error {
+                    class: class_name(perr.class),
+                    message: perr.message,
+                    retry_after_ms: perr.retry_after_ms,
+                };
             }
+            Err(e) => return self.adapter_error(e),
+        }
+        if chunks.is_empty() {
+            Step::End
+        } else {
+            Step::Chunks(chunks)
         }
     }
 
@@ -215,6 +224,7 @@ pub(super) async fn start(
         session,
         body: resp.body,
         parser: Parser::default(),
+        pending: Default::default(),
         usage: None,
         done: false,
         ended: false,
@@ -226,7 +236,7 @@ pub(super) async fn start(
     let mut held: Vec<String> = Vec::new();
     let first = loop {
         let waiting = std::time::Instant::now();
-        let stepped = tokio::time::timeout_at(deadline, pump.step()).await;
+        let stepped = tokio::time::timeout_at(deadline, pump.step(true)).await;
         pump.att.scope.waited(waiting);
         let step = match stepped {
             Ok(s) => s,
@@ -307,7 +317,7 @@ pub(super) async fn start(
 /// Forwards the rest of the stream, then accounts for it.
 async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, guard: Guard) {
     let outcome = loop {
-        match pump.step().await {
+        match pump.step(false).await {
             Step::Chunks(c) if c.is_empty() => {}
             Step::Chunks(c) => {
                 if tx.send(frame(&c)).await.is_err() {
