@@ -46,6 +46,8 @@ pub struct App {
     pub usage: UsageSink,
     pub upstream: Upstream,
     pub counters: Counters,
+    /// Open client connections per serving thread.
+    pub connections: crate::server::Connections,
     master_key: Option<Secret>,
     keys: Mutex<HashMap<[u8; 32], (KeyRecord, Instant)>>,
 }
@@ -240,6 +242,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         usage,
         upstream,
         counters: Counters::default(),
+        connections: crate::server::connections(workers),
         master_key: opts.master_key.filter(|k| !k.is_empty()).map(Secret::new),
         keys: Mutex::new(HashMap::new()),
     });
@@ -255,9 +258,10 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     let router = crate::server::router(app.clone(), max_body);
+    let connections = app.connections.clone();
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        crate::server::serve(listener, router, header_timeout, workers, async move {
+        crate::server::serve(listener, router, header_timeout, connections, async move {
             let _ = stop.await;
         })
         .await;

@@ -6,7 +6,7 @@ mod chat;
 pub mod error;
 mod listen;
 
-pub use listen::{current_worker, default_workers, serve};
+pub use listen::{Connections, connections, current_worker, default_workers, serve};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -114,6 +114,14 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         "Time a successful request spent in the gateway itself: total minus waiting on upstreams.",
         &mut out,
     );
+    out.push_str("# HELP smart_router_connections Open client connections per serving thread.\n# TYPE smart_router_connections gauge\n");
+    for (i, open) in app.connections.iter().enumerate() {
+        out.push_str(&format!(
+            "smart_router_connections{{thread=\"{}\"}} {}\n",
+            i + 1,
+            open.load(Ordering::Relaxed)
+        ));
+    }
     let cfg = app.config.load();
     let now = now_ms();
     out.push_str("# HELP smart_router_channel_in_flight Requests in flight per channel.\n# TYPE smart_router_channel_in_flight gauge\n");

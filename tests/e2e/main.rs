@@ -20,5 +20,6 @@ mod postgres;
 mod quota;
 mod reload;
 mod sdk;
+mod serving;
 mod strategies;
 mod usage;

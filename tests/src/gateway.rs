@@ -63,6 +63,7 @@ pub struct GatewayBuilder {
     strategies: Vec<String>,
     adapters: Vec<String>,
     database: Option<String>,
+    workers: Option<usize>,
 }
 
 impl Default for GatewayBuilder {
@@ -74,6 +75,7 @@ impl Default for GatewayBuilder {
             strategies: vec!["priority".into(), "weighted-sort".into()],
             adapters: vec!["openai".into()],
             database: None,
+            workers: None,
         }
     }
 }
@@ -98,6 +100,11 @@ impl GatewayBuilder {
     }
     pub fn adapters(mut self, names: &[&str]) -> Self {
         self.adapters = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    /// Serving threads (default: one per core).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
         self
     }
     pub fn database(mut self, url: &str) -> Self {
@@ -138,7 +145,7 @@ impl GatewayBuilder {
             master_key: Some(KEY.into()),
             // Shared by every test: each component is compiled once per run, not once per test.
             component_cache: Some(crate::target_dir().join("component-cache")),
-            workers: None,
+            workers: self.workers,
         })
         .await
         .expect("gateway starts");

@@ -45,21 +45,33 @@ struct Worker {
     open: Arc<AtomicUsize>,
 }
 
-/// Serves `router` on `listener` with `workers` serving threads until `stop` resolves, then
-/// drains: returns once every in-flight request and stream has finished.
+/// Open connections per serving thread (index 0 is serving thread 1), for `serve` to keep and
+/// `/metrics` to show.
+pub type Connections = Arc<[Arc<AtomicUsize>]>;
+
+/// Counters for `workers` serving threads.
+pub fn connections(workers: usize) -> Connections {
+    (0..workers.max(1))
+        .map(|_| Arc::new(AtomicUsize::new(0)))
+        .collect()
+}
+
+/// Serves `router` on `listener` with one serving thread per entry of `connections` until
+/// `stop` resolves, then drains: returns once every in-flight request and stream has finished.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_timeout: Duration,
-    workers: usize,
+    connections: Connections,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let (stopping, stopped) = watch::channel(false);
     let mut pool = Vec::new();
     let mut done = Vec::new();
-    for n in 1..=workers.max(1) {
+    for (i, open) in connections.iter().enumerate() {
+        let n = i + 1;
         let (tx, rx) = mpsc::unbounded_channel();
-        let open = Arc::new(AtomicUsize::new(0));
+        let open = open.clone();
         let (finished, finish) = oneshot::channel::<()>();
         let (router, open2, stopped) = (router.clone(), open.clone(), stopped.clone());
         let spawned = std::thread::Builder::new()

@@ -1,0 +1,110 @@
+//! Thread per core: connections are spread over the serving threads, each thread answers
+//! through its own upstream connections, and closed connections are counted out.
+
+use std::time::Duration;
+
+use serde_json::json;
+use smart_router_tests::{Gateway, MockUpstream};
+
+/// `smart_router_connections` per serving thread, from `/metrics`.
+async fn connections(gw: &Gateway) -> Vec<u64> {
+    let text = gw
+        .client
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    text.lines()
+        .filter(|l| l.starts_with("smart_router_connections{thread="))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("a count")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn connections_spread_evenly_over_the_serving_threads_and_every_thread_answers() {
+    let mock = MockUpstream::start().await;
+    let providers = format!(
+        "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    channels: [{{model: m}}]\n",
+        mock.base_url()
+    );
+    let gw = Gateway::builder()
+        .providers(&providers)
+        .workers(3)
+        .start()
+        .await;
+
+    // Nine clients, one keep-alive connection each, all left open.
+    let mut clients = Vec::new();
+    for i in 0..9 {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .build()
+            .expect("client");
+        let resp = client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(smart_router_tests::gateway::KEY)
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": format!("client {i}")}]}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), 200, "client {i}");
+        let body: serde_json::Value = resp.json().await.expect("json");
+        assert!(
+            body["choices"][0]["message"]["content"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty()),
+            "client {i}: {body}"
+        );
+        clients.push(client);
+    }
+    assert_eq!(mock.total_calls(), 9, "every request reached the upstream");
+
+    // Plus the connection asking for the metrics: ten in all, spread 4/3/3.
+    let open = connections(&gw).await;
+    assert_eq!(open.len(), 3, "one gauge per serving thread: {open:?}");
+    assert_eq!(open.iter().sum::<u64>(), 10, "{open:?}");
+    let (min, max) = (
+        open.iter().min().expect("three gauges"),
+        open.iter().max().expect("three gauges"),
+    );
+    assert!(
+        max - min <= 1,
+        "connections go to the least busy thread: {open:?}"
+    );
+
+    // A second round on the same connections: each is still served by its thread.
+    for (i, client) in clients.iter().enumerate() {
+        let resp = client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(smart_router_tests::gateway::KEY)
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "again"}]}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), 200, "client {i}, second request");
+    }
+    assert_eq!(mock.total_calls(), 18);
+
+    // Closed connections are counted out.
+    drop(clients);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let open = connections(&gw).await;
+        if open.iter().sum::<u64>() == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed connections still counted: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
