@@ -112,6 +112,17 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
+def tree_ticks(pid):
+    """CPU ticks of a process and its children (nginx's master and workers)."""
+    total = cpu_ticks(pid)
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            total += sum(cpu_ticks(int(c)) for c in f.read().split())
+    except OSError:
+        pass
+    return total
+
+
 def peak_rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1))
@@ -151,7 +162,8 @@ http {{
   }}
 }}
 """)
-        procs.append(subprocess.Popen([nginx, "-c", os.path.join(work, "nginx.conf"), "-p", work, "-g", "daemon off;"], stderr=subprocess.DEVNULL))
+        ngx = subprocess.Popen([nginx, "-c", os.path.join(work, "nginx.conf"), "-p", work, "-g", "daemon off;"], stderr=subprocess.DEVNULL)
+        procs.append(ngx)
         cfg = os.path.join(work, "config")
         os.makedirs(cfg)
         with open(os.path.join(cfg, "providers.yaml"), "w") as f:
@@ -186,16 +198,19 @@ http {{
             wait_port(PORT[t])
 
         rounds = []
-        gw_ticks = gw_requests = 0
+        gw_ticks = gw_requests = ngx_ticks = ngx_requests = 0
         for r in range(args.rounds):
             row = {}
             for t in targets:
-                before = cpu_ticks(gw.pid)
+                before, ngx_before = cpu_ticks(gw.pid), tree_ticks(ngx.pid)
                 one = wrk(t, 1, args.seconds, work)
                 many = wrk(t, 64, args.seconds, work)
                 if t in ("gateway", "claude"):
                     gw_ticks += cpu_ticks(gw.pid) - before
                     gw_requests += one["requests"] + many["requests"]
+                if t == "nginx":
+                    ngx_ticks += tree_ticks(ngx.pid) - ngx_before
+                    ngx_requests += one["requests"] + many["requests"]
                 row[t] = {"c1": one, "c64": many, "stream": stream_timing(t)}
             rounds.append(row)
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
@@ -229,12 +244,14 @@ http {{
         summary["gateway"]["peak_rss_mib"] = round(peak_rss_kib(gw.pid) / 1024, 1)
         summary["gateway"]["cpu_us_per_request"] = round(gw_ticks / hz * 1e6 / max(gw_requests, 1), 1)
         summary["claude"]["peak_rss_mib"] = summary["gateway"]["peak_rss_mib"]
+        summary["nginx"]["cpu_us_per_request"] = round(ngx_ticks / hz * 1e6 / max(ngx_requests, 1), 1)
         if args.baseline:
             summary["baseline"]["binary"] = args.baseline
         ratios = {
             "overhead_p50_vs_nginx": summary["gateway"]["overhead_p50_us"] / max(summary["nginx"]["overhead_p50_us"], 1),
             "throughput_c64_vs_nginx": summary["gateway"]["c64_rps"] / summary["nginx"]["c64_rps"],
             "stream_ttfb_minus_nginx_us": summary["gateway"]["stream_ttfb_p50_us"] - summary["nginx"]["stream_ttfb_p50_us"],
+            "cpu_per_request_vs_nginx": summary["gateway"]["cpu_us_per_request"] / max(summary["nginx"]["cpu_us_per_request"], 0.1),
         }
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         result = {
@@ -251,9 +268,11 @@ http {{
             s = summary[t]
             print(f"{t:<9} {s['c1_p50_us']:>7.0f}µs {s['c1_p99_us']:>7.0f}µs {s['overhead_p50_us']:>11.0f}µs {s['overhead_p99_us']:>11.0f}µs "
                   f"{s['c64_rps']:>10.0f} {s['c64_p99_us'] / 1000:>7.2f}ms {s['stream_ttfb_p50_us']:>10.0f}µs {s['stream_total_p50_us']:>9.0f}µs")
-        print(f"\ngateway: peak RSS {summary['gateway']['peak_rss_mib']} MiB, CPU {summary['gateway']['cpu_us_per_request']} µs per request")
+        print(f"\ngateway: peak RSS {summary['gateway']['peak_rss_mib']} MiB, CPU {summary['gateway']['cpu_us_per_request']} µs per request "
+              f"(nginx: {summary['nginx']['cpu_us_per_request']} µs)")
         print(f"ratios: overhead p50 {ratios['overhead_p50_vs_nginx']:.2f}× nginx's; throughput at 64 connections "
-              f"{ratios['throughput_c64_vs_nginx']:.2f}× nginx's; stream TTFB {ratios['stream_ttfb_minus_nginx_us']:+.0f} µs vs nginx")
+              f"{ratios['throughput_c64_vs_nginx']:.2f}× nginx's; stream TTFB {ratios['stream_ttfb_minus_nginx_us']:+.0f} µs vs nginx; "
+              f"CPU per request {ratios['cpu_per_request_vs_nginx']:.1f}× nginx's")
         os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
         name = datetime.datetime.now().strftime("%Y-%m-%d-%H%M") + f"-{commit}.json"
         with open(os.path.join(ROOT, "bench", "results", name), "w") as f:
