@@ -6,7 +6,7 @@ mod chat;
 pub mod error;
 mod listen;
 
-pub use listen::{Connections, connections, current_worker, default_workers, serve};
+pub use listen::{Connections, connections, current_worker, default_workers, serve, spawn_tracked};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

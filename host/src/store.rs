@@ -19,6 +19,8 @@ pub enum StoreError {
     Folder(String, std::io::Error),
     #[error("unsupported database URL (use sqlite:… or postgres://…)")]
     Url,
+    #[error("the database task did not finish: {0}")]
+    Stopped(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +66,10 @@ pub struct KeyRecord {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The runtime the store was opened on. A pooled Postgres connection is driven by the runtime
+    /// that opened it, so queries from serving threads (whose runtimes stop first at shutdown,
+    /// and may be busy) run here instead.
+    home: Option<tokio::runtime::Handle>,
 }
 
 impl Store {
@@ -121,7 +127,11 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        let store = Store { pool, backend };
+        let store = Store {
+            pool,
+            backend,
+            home: tokio::runtime::Handle::try_current().ok(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -160,8 +170,28 @@ impl Store {
         Ok(())
     }
 
+    /// Runs `query` on the store's own runtime when called from a serving thread.
+    async fn at_home<T: Send + 'static>(
+        &self,
+        query: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        match &self.home {
+            Some(home) if crate::server::current_worker() != 0 => match home.spawn(query).await {
+                Ok(r) => r,
+                Err(e) => Err(StoreError::Stopped(e.to_string())),
+            },
+            _ => query.await,
+        }
+    }
+
     /// Looks a key up by its SHA-256 hash (hex).
     pub async fn find_key(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let (store, key_hash) = (self.clone(), key_hash.to_string());
+        self.at_home(async move { store.find_key_here(&key_hash).await })
+            .await
+    }
+
+    async fn find_key_here(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT id, name, allowed_models, budget_daily_micros, budget_monthly_micros FROM api_keys WHERE key_hash = $1 AND disabled = 0",
         )
@@ -283,6 +313,12 @@ pub struct StatRow {
 impl Store {
     /// Usage rows since `since_ms`, oldest first.
     pub async fn rows_since(&self, since_ms: u64) -> Result<Vec<StatRow>, StoreError> {
+        let store = self.clone();
+        self.at_home(async move { store.rows_since_here(since_ms).await })
+            .await
+    }
+
+    async fn rows_since_here(&self, since_ms: u64) -> Result<Vec<StatRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT request_id, created_at_ms, key_id, requested_model, group_name, channel_id, provider, outcome, latency_ms, ttft_ms, \
              prompt_tokens, completion_tokens, cost_micros FROM usage WHERE created_at_ms >= $1 ORDER BY created_at_ms",

@@ -124,7 +124,13 @@ impl Upstream {
             url.push('=');
             url.push_str(&percent_encode(key));
         }
-        let url = parsed(url).map_err(|e| UpstreamError::InvalidRequest(format!("URL: {e}")))?;
+        // A URL carrying the key in its query is parsed each time: keys are not kept in caches.
+        let url = if matches!(req.auth, Auth::Query(_)) {
+            reqwest::Url::parse(&url).map_err(|e| e.to_string())
+        } else {
+            parsed(url)
+        }
+        .map_err(|e| UpstreamError::InvalidRequest(format!("URL: {e}")))?;
         let mut builder = self.client().request(method, url).timeout(provider.timeout);
         for (name, value) in &req.headers {
             builder = builder.header(name, value);

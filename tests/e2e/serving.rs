@@ -108,3 +108,51 @@ async fn connections_spread_evenly_over_the_serving_threads_and_every_thread_ans
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_client_leaving_a_silent_stream_is_recorded_at_once_and_shutdown_completes() {
+    let mock = MockUpstream::start().await;
+    mock.set("m", smart_router_tests::Behaviour::StallAfter(2));
+    let providers = format!(
+        "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    channels: [{{model: m}}]\n",
+        mock.base_url()
+    );
+    let mut gw = Gateway::builder()
+        .providers(&providers)
+        .system("components_dir: components\nupstream:\n  first_byte_timeout_secs: 5\n  timeout_secs: 600\n")
+        .start()
+        .await;
+    let mut resp = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(smart_router_tests::gateway::KEY)
+        .json(
+            &json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    let first = resp.chunk().await.expect("read").expect("a first chunk");
+    assert!(
+        String::from_utf8_lossy(&first).contains("reply"),
+        "{first:?}"
+    );
+    // The upstream is now silent for good; the client leaves.
+    drop(resp);
+    let recorded = gw
+        .eventually(Duration::from_secs(5), || async {
+            !gw.rows("SELECT 1 FROM usage WHERE outcome = 'client_closed'")
+                .await
+                .is_empty()
+        })
+        .await;
+    assert!(
+        recorded,
+        "the stream's usage row is written when the client leaves, not when the upstream next speaks"
+    );
+    // Nothing left to hold the drain: shutdown completes.
+    tokio::time::timeout(Duration::from_secs(10), gw.stop())
+        .await
+        .expect("shutdown completes");
+}

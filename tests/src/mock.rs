@@ -35,6 +35,8 @@ pub enum Behaviour {
     /// Streams `n` content chunks, then ends the body cleanly with no `finish_reason` and no
     /// `[DONE]`: a truncated stream.
     TruncateAfter(usize),
+    /// Streams `n` content chunks, then goes silent with the connection open (never ends).
+    StallAfter(usize),
     /// Answers exactly this: status, content type and body.
     Raw {
         status: u16,
@@ -177,6 +179,7 @@ async fn serve(state: &MockState, path: &str, headers: HeaderMap, body: &[u8]) -
         Behaviour::StreamErrorAfter(n) => answer(&body, &model, Cut::ErrorEvent(n)),
         Behaviour::ResetAfter(n) => answer(&body, &model, Cut::Reset(n)),
         Behaviour::TruncateAfter(n) => answer(&body, &model, Cut::Truncate(n)),
+        Behaviour::StallAfter(n) => answer(&body, &model, Cut::Stall(n)),
         Behaviour::Raw {
             status,
             content_type,
@@ -216,6 +219,7 @@ enum Cut {
     ErrorEvent(usize),
     Reset(usize),
     Truncate(usize),
+    Stall(usize),
 }
 
 fn answer(body: &Value, model: &str, cut: Cut) -> Response {
@@ -267,7 +271,7 @@ fn answer(body: &Value, model: &str, cut: Cut) -> Response {
                 reset = true;
                 break;
             }
-            Cut::Truncate(n) if n == i => break,
+            Cut::Truncate(n) | Cut::Stall(n) if n == i => break,
             _ => {}
         }
         events.push(format!(
@@ -299,6 +303,15 @@ fn answer(body: &Value, model: &str, cut: Cut) -> Response {
         tokio::time::sleep(Duration::from_millis(2)).await;
         Some((e, it))
     });
+    let stream: futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>> =
+        if matches!(cut, Cut::Stall(_)) {
+            Box::pin(futures_util::StreamExt::chain(
+                stream,
+                futures_util::stream::pending(),
+            ))
+        } else {
+            Box::pin(stream)
+        };
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(Body::from_stream(stream))

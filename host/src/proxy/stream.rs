@@ -310,14 +310,20 @@ pub(super) async fn start(
         header::HeaderValue::from_static("no-cache"),
     );
     pump.att.tag(&mut response);
-    tokio::spawn(run(pump, tx, status, ttft, guard));
+    // Tracked: a serving thread that shuts down waits for this task's usage record.
+    crate::server::spawn_tracked(run(pump, tx, status, ttft, guard));
     Ok(response)
 }
 
 /// Forwards the rest of the stream, then accounts for it.
 async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, guard: Guard) {
     let outcome = loop {
-        match pump.step(false).await {
+        // A client that leaves is noticed at once, not at the upstream's next chunk.
+        let step = tokio::select! {
+            s = pump.step(false) => s,
+            () = tx.closed() => break Err(("client_closed", "the client disconnected".to_string())),
+        };
+        match step {
             Step::Chunks(c) if c.is_empty() => {}
             Step::Chunks(c) => {
                 if tx.send(frame(&c)).await.is_err() {

@@ -22,7 +22,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 thread_local! {
     /// Which serving thread this is (1-based); 0 on any other thread.
@@ -39,12 +39,6 @@ pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// A serving thread: where to send it connections, and how many it has open.
-struct Worker {
-    conns: mpsc::UnboundedSender<std::net::TcpStream>,
-    open: Arc<AtomicUsize>,
-}
-
 /// Open connections per serving thread (index 0 is serving thread 1), for `serve` to keep and
 /// `/metrics` to show.
 pub type Connections = Arc<[Arc<AtomicUsize>]>;
@@ -56,6 +50,66 @@ pub fn connections(workers: usize) -> Connections {
         .collect()
 }
 
+/// One open connection on a serving thread's count: taken back when dropped, whichever way the
+/// connection ends (served, refused, never taken up).
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(open: &Arc<AtomicUsize>) -> Counted {
+        open.fetch_add(1, Ordering::Relaxed);
+        Counted(open.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A serving thread: where to send it connections, and how many it has open.
+struct Worker {
+    conns: mpsc::UnboundedSender<(std::net::TcpStream, Counted)>,
+    open: Arc<AtomicUsize>,
+}
+
+/// Tasks a serving thread must see finish before it stops (a stream still pumping after its
+/// client left, which has a usage record to write).
+#[derive(Default)]
+struct Tracked {
+    running: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+struct TrackedGuard(Arc<Tracked>);
+
+impl Drop for TrackedGuard {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+thread_local! {
+    static TRACKED: std::cell::RefCell<Option<Arc<Tracked>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Spawns `task` on the current runtime; on a serving thread, the thread waits for it before it
+/// shuts down.
+pub fn spawn_tracked(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    let guard = TRACKED.with_borrow(|t| {
+        t.as_ref().map(|t| {
+            t.running.fetch_add(1, Ordering::AcqRel);
+            TrackedGuard(t.clone())
+        })
+    });
+    tokio::spawn(async move {
+        let _guard = guard;
+        task.await;
+    });
+}
+
 /// Serves `router` on `listener` with one serving thread per entry of `connections` until
 /// `stop` resolves, then drains: returns once every in-flight request and stream has finished.
 pub async fn serve(
@@ -65,15 +119,13 @@ pub async fn serve(
     connections: Connections,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let (stopping, stopped) = watch::channel(false);
     let mut pool = Vec::new();
     let mut done = Vec::new();
     for (i, open) in connections.iter().enumerate() {
         let n = i + 1;
         let (tx, rx) = mpsc::unbounded_channel();
-        let open = open.clone();
         let (finished, finish) = oneshot::channel::<()>();
-        let (router, open2, stopped) = (router.clone(), open.clone(), stopped.clone());
+        let router = router.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("serve-{n}"))
             .spawn(move || {
@@ -82,21 +134,24 @@ pub async fn serve(
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(run_worker(rx, router, header_timeout, open2, stopped)),
+                    Ok(rt) => rt.block_on(run_worker(rx, router, header_timeout)),
                     Err(e) => tracing::error!("serving thread {n} cannot start a runtime: {e}"),
                 }
                 let _ = finished.send(());
             });
         match spawned {
             Ok(_) => {
-                pool.push(Worker { conns: tx, open });
+                pool.push(Worker {
+                    conns: tx,
+                    open: open.clone(),
+                });
                 done.push(finish);
             }
             Err(e) => tracing::error!("cannot start serving thread {n}: {e}"),
         }
     }
     let mut stop = std::pin::pin!(stop);
-    loop {
+    while !pool.is_empty() {
         let (tcp, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
@@ -111,32 +166,42 @@ pub async fn serve(
         };
         // No Nagle: stream chunks leave as soon as they are written.
         let _ = tcp.set_nodelay(true);
-        let Ok(tcp) = tcp.into_std() else { continue };
-        // The least busy thread; among equals, the first.
-        let Some(worker) = pool.iter().min_by_key(|w| w.open.load(Ordering::Relaxed)) else {
-            break;
+        let Ok(mut tcp) = tcp.into_std() else {
+            continue;
         };
-        worker.open.fetch_add(1, Ordering::Relaxed);
-        if worker.conns.send(tcp).is_err() {
-            worker.open.fetch_sub(1, Ordering::Relaxed);
+        // The least busy thread; among equals, the first. A thread that has died is dropped
+        // from the pool and the connection goes to the next.
+        while let Some(i) = (0..pool.len()).min_by_key(|&i| pool[i].open.load(Ordering::Relaxed)) {
+            let counted = Counted::new(&pool[i].open);
+            match pool[i].conns.send((tcp, counted)) {
+                Ok(()) => break,
+                Err(mpsc::error::SendError((back, _))) => {
+                    tracing::error!("a serving thread has stopped; its connections go elsewhere");
+                    pool.swap_remove(i);
+                    tcp = back;
+                }
+            }
         }
     }
+    if pool.is_empty() {
+        tracing::error!("no serving thread is running: the gateway cannot answer");
+    }
     drop(listener);
-    let _ = stopping.send(true);
+    // Each thread serves what is queued for it, then drains.
     drop(pool);
     for d in done {
         let _ = d.await;
     }
 }
 
-/// One serving thread: takes connections until shutdown, then drains its own.
+/// One serving thread: takes connections until the acceptor stops, then drains its own.
 async fn run_worker(
-    mut conns: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    mut conns: mpsc::UnboundedReceiver<(std::net::TcpStream, Counted)>,
     router: Router,
     header_timeout: Duration,
-    open: Arc<AtomicUsize>,
-    mut stopped: watch::Receiver<bool>,
 ) {
+    let tracked = Arc::new(Tracked::default());
+    TRACKED.with_borrow_mut(|t| *t = Some(tracked.clone()));
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -149,25 +214,17 @@ async fn run_worker(
     // every request's header-read timeout. A tick every half second keeps a wake-up planned
     // sooner than any timeout a request sets (all are at least a second), so setting those
     // costs no system call.
-    tokio::spawn(async {
+    let tick = tokio::spawn(async {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
         }
     });
-    loop {
-        let tcp = tokio::select! {
-            c = conns.recv() => match c {
-                Some(c) => c,
-                None => break,
-            },
-            _ = stopped.wait_for(|s| *s) => break,
-        };
+    while let Some((tcp, counted)) = conns.recv().await {
         let tcp = match tokio::net::TcpStream::from_std(tcp) {
             Ok(t) => t,
             Err(e) => {
-                open.fetch_sub(1, Ordering::Relaxed);
                 tracing::warn!("cannot take a connection: {e}");
                 continue;
             }
@@ -175,11 +232,19 @@ async fn run_worker(
         let service = TowerToHyperService::new(router.clone());
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
         let conn = graceful.watch(conn.into_owned());
-        let open = open.clone();
         tokio::spawn(async move {
             let _ = conn.await;
-            open.fetch_sub(1, Ordering::Relaxed);
+            drop(counted);
         });
     }
     graceful.shutdown().await;
+    // Streams whose clients left may still be writing their usage records.
+    loop {
+        let idle = tracked.idle.notified();
+        if tracked.running.load(Ordering::Acquire) == 0 {
+            break;
+        }
+        idle.await;
+    }
+    tick.abort();
 }
