@@ -246,15 +246,7 @@ async fn metrics_report_counters_overhead_and_channel_state() {
         assert_eq!(resp.status(), 200);
         let _ = resp.text().await;
     }
-    let text = gw
-        .client
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .expect("send")
-        .text()
-        .await
-        .expect("body");
+    let text = gw.get_text("/metrics").await;
     assert!(text.contains("smart_router_requests_total 3\n"), "{text}");
     assert!(
         text.contains("smart_router_overhead_seconds_count 3\n"),

@@ -175,16 +175,7 @@ async fn an_adapter_from_before_embeddings_is_skipped_for_them() {
         "old/old-chat"
     );
     assert_eq!(mock2.calls("old-chat").len(), 1);
-    let health: Value = gw
-        .client
-        .get(gw.url("/admin/channels"))
-        .bearer_auth(smart_router_tests::gateway::KEY)
-        .send()
-        .await
-        .expect("channels")
-        .json()
-        .await
-        .expect("json");
+    let health: Value = serde_json::from_str(&gw.get_text("/admin/channels").await).expect("json");
     let old = health["data"]
         .as_array()
         .and_then(|a| a.iter().find(|c| c["id"] == "old/old-embed"))

@@ -108,38 +108,12 @@ async fn provider_keys_never_reach_clients_or_logs() {
             .unwrap_or_default()
             .contains(secret)
     }));
-    let health = gw2
-        .client
-        .get(gw2.url("/health"))
-        .send()
-        .await
-        .expect("health")
-        .text()
-        .await
-        .expect("body");
+    let health = gw2.get_text("/health").await;
     assert!(!health.contains(secret));
-    let metrics = gw2
-        .client
-        .get(gw2.url("/metrics"))
-        .bearer_auth(smart_router_tests::gateway::KEY)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let metrics = gw2.get_text("/metrics").await;
     assert!(metrics.contains("smart_router_requests_total"), "{metrics}");
     assert!(!metrics.contains(secret));
-    let channels = gw2
-        .client
-        .get(gw2.url("/admin/channels"))
-        .bearer_auth(smart_router_tests::gateway::KEY)
-        .send()
-        .await
-        .expect("channels")
-        .text()
-        .await
-        .expect("body");
+    let channels = gw2.get_text("/admin/channels").await;
     assert!(!channels.contains(secret), "{channels}");
     // `smart-router check`, on this configuration and on a broken one, never prints the key.
     for broken in [false, true] {

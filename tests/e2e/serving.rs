@@ -8,16 +8,9 @@ use smart_router_tests::{Gateway, MockUpstream};
 
 /// `smart_router_connections` per serving thread, from `/metrics`.
 async fn connections(gw: &Gateway) -> Vec<u64> {
-    let text = gw
-        .client
-        .get(gw.url("/metrics"))
-        .send()
+    gw.get_text("/metrics")
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
-    text.lines()
+        .lines()
         .filter(|l| l.starts_with("smart_router_connections{thread="))
         .map(|l| {
             l.rsplit(' ')
@@ -28,15 +21,32 @@ async fn connections(gw: &Gateway) -> Vec<u64> {
         .collect()
 }
 
+/// A gateway whose one channel `up/m` is `mock`'s model `m`.
+fn one_channel(mock: &MockUpstream) -> String {
+    format!(
+        "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    channels: [{{model: m}}]\n",
+        mock.base_url()
+    )
+}
+
+/// A chat request to model `m` on `client`'s own connection; requires a 200.
+async fn ask(gw: &Gateway, client: &reqwest::Client, content: &str) -> serde_json::Value {
+    let resp = client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(smart_router_tests::gateway::KEY)
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": content}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200, "{content}");
+    resp.json().await.expect("json")
+}
+
 #[tokio::test]
 async fn connections_spread_evenly_over_the_serving_threads_and_every_thread_answers() {
     let mock = MockUpstream::start().await;
-    let providers = format!(
-        "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    channels: [{{model: m}}]\n",
-        mock.base_url()
-    );
     let gw = Gateway::builder()
-        .providers(&providers)
+        .providers(&one_channel(&mock))
         .workers(3)
         .start()
         .await;
@@ -48,15 +58,7 @@ async fn connections_spread_evenly_over_the_serving_threads_and_every_thread_ans
             .pool_max_idle_per_host(1)
             .build()
             .expect("client");
-        let resp = client
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(smart_router_tests::gateway::KEY)
-            .json(&json!({"model": "m", "messages": [{"role": "user", "content": format!("client {i}")}]}))
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(resp.status(), 200, "client {i}");
-        let body: serde_json::Value = resp.json().await.expect("json");
+        let body = ask(&gw, &client, &format!("client {i}")).await;
         assert!(
             body["choices"][0]["message"]["content"]
                 .as_str()
@@ -82,62 +84,46 @@ async fn connections_spread_evenly_over_the_serving_threads_and_every_thread_ans
 
     // A second round on the same connections: each is still served by its thread.
     for (i, client) in clients.iter().enumerate() {
-        let resp = client
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(smart_router_tests::gateway::KEY)
-            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "again"}]}))
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(resp.status(), 200, "client {i}, second request");
+        ask(&gw, client, &format!("client {i} again")).await;
     }
     assert_eq!(mock.total_calls(), 18);
 
     // Closed connections are counted out.
     drop(clients);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let open = connections(&gw).await;
-        if open.iter().sum::<u64>() == 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "closed connections still counted: {open:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let counted_out = gw
+        .eventually(Duration::from_secs(10), || async {
+            connections(&gw).await.iter().sum::<u64>() == 1
+        })
+        .await;
+    assert!(
+        counted_out,
+        "closed connections still counted: {:?}",
+        connections(&gw).await
+    );
 }
 
 #[tokio::test]
 async fn a_client_leaving_a_silent_stream_is_recorded_at_once_and_shutdown_completes() {
     let mock = MockUpstream::start().await;
     mock.set("m", smart_router_tests::Behaviour::StallAfter(2));
-    let providers = format!(
-        "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    channels: [{{model: m}}]\n",
-        mock.base_url()
-    );
     let mut gw = Gateway::builder()
-        .providers(&providers)
+        .providers(&one_channel(&mock))
         .system("components_dir: components\nupstream:\n  first_byte_timeout_secs: 5\n  timeout_secs: 600\n")
         .start()
         .await;
     let mut resp = gw
-        .client
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(smart_router_tests::gateway::KEY)
-        .json(
-            &json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        .chat(
+            json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
         )
-        .send()
-        .await
-        .expect("send");
+        .await;
     assert_eq!(resp.status(), 200);
-    let first = resp.chunk().await.expect("read").expect("a first chunk");
-    assert!(
-        String::from_utf8_lossy(&first).contains("reply"),
-        "{first:?}"
-    );
+    // Read all the upstream sends ("reply from "), so the gateway is left waiting on it.
+    let mut seen = String::new();
+    while !seen.contains("from") {
+        let chunk = resp.chunk().await.expect("read").expect("more chunks");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
     // The upstream is now silent for good; the client leaves.
     drop(resp);
     let recorded = gw

@@ -212,6 +212,19 @@ impl Gateway {
             .expect("request")
     }
 
+    /// `GET path` with the master key; the body as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("body")
+    }
+
     /// Sends `body`; returns the status and the channel that answered (empty when none did).
     pub async fn status_and_channel(&self, body: Value) -> (u16, String) {
         let resp = self.chat(body).await;
