@@ -9,7 +9,8 @@ both ways.
 
 `--baseline` adds a row for another build of the gateway (an earlier commit, say), started the
 same way and measured in the same rounds: the honest way to tell whether a change helped on a
-machine whose speed drifts.
+machine whose speed drifts. `--baseline-components DIR` gives it that build's components (its
+checkout's `config/components`), so component changes are compared too.
 
 Needs `cargo xtask build` first. Installs wrk and nginx with apt when missing. Prints a table and
 writes JSON to bench/results/. Every process runs on 127.0.0.1.
@@ -133,6 +134,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--baseline", help="another smart-router binary to measure alongside")
+    ap.add_argument("--baseline-components", help="the baseline's components folder (default: the same as the gateway's)")
     args = ap.parse_args()
     if not os.path.exists(BIN):
         raise SystemExit("build first: cargo xtask build")
@@ -192,6 +194,12 @@ http {{
             other = [args.baseline] + serve[1:]
             other[other.index("--listen") + 1] = f"127.0.0.1:{PORT['baseline']}"
             other[other.index("--database") + 1] = f"sqlite://{work}/baseline.db"
+            if args.baseline_components:
+                base_cfg = os.path.join(work, "baseline-config")
+                shutil.copytree(cfg, base_cfg)
+                with open(os.path.join(base_cfg, "system.yaml"), "w") as f:
+                    f.write(f"components_dir: {os.path.abspath(args.baseline_components)}\n")
+                other[other.index("--config") + 1] = base_cfg
             procs.append(subprocess.Popen(other, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             targets.append("baseline")
         for t in targets:

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::components::{Components, Runtime};
-use crate::config::{self, Config, Secret};
+use crate::config::{self, Config};
 use crate::stats::{Stats, now_ms};
 use crate::store::{KeyRecord, Store, UsageSink};
 use crate::upstream::Upstream;
@@ -48,7 +48,8 @@ pub struct App {
     pub counters: Counters,
     /// Open client connections per serving thread.
     pub connections: crate::server::Connections,
-    master_key: Option<Secret>,
+    /// SHA-256 of the master key: a caller's key is hashed once and compared with this.
+    master_hash: Option<[u8; 32]>,
     keys: Mutex<HashMap<[u8; 32], (KeyRecord, Instant)>>,
 }
 
@@ -74,8 +75,9 @@ impl App {
         self.config.store(Arc::new(cfg));
     }
 
-    pub fn master_key(&self) -> Option<&Secret> {
-        self.master_key.as_ref()
+    /// SHA-256 of the master key, when one is set.
+    pub fn master_hash(&self) -> Option<&[u8; 32]> {
+        self.master_hash.as_ref()
     }
 
     /// A gateway key by the SHA-256 of its value: the cache, else the database.
@@ -243,10 +245,13 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         upstream,
         counters: Counters::default(),
         connections: crate::server::connections(workers),
-        master_key: opts.master_key.filter(|k| !k.is_empty()).map(Secret::new),
+        master_hash: opts
+            .master_key
+            .filter(|k| !k.is_empty())
+            .map(|k| <sha2::Sha256 as sha2::Digest>::digest(k.as_bytes()).into()),
         keys: Mutex::new(HashMap::new()),
     });
-    if app.master_key.is_none() {
+    if app.master_hash.is_none() {
         tracing::warn!(
             "SMART_ROUTER_MASTER_KEY is not set: only keys created with `smart-router keys create` are accepted"
         );

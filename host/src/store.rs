@@ -116,6 +116,9 @@ impl Store {
                         // cut) without an fsync per transaction.
                         sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous=NORMAL").await?;
                         sqlx::Executor::execute(&mut *conn, "PRAGMA busy_timeout=5000").await?;
+                        // A multi-row INSERT keeps a statement journal; past 64 KiB SQLite
+                        // spills it to a temporary file (open, unlink, write) per transaction.
+                        sqlx::Executor::execute(&mut *conn, "PRAGMA temp_store=MEMORY").await?;
                     }
                     Ok(())
                 })

@@ -104,6 +104,17 @@ impl HttpRequest {
         options: &serde_json::Value,
         auth: Auth,
     ) -> Self {
+        Self::json_post_bytes(path, body.to_string().into_bytes(), stream, options, auth)
+    }
+
+    /// [`Self::json_post`] with a body the adapter already serialized.
+    pub fn json_post_bytes(
+        path: &str,
+        body: Vec<u8>,
+        stream: bool,
+        options: &serde_json::Value,
+        auth: Auth,
+    ) -> Self {
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
         if stream {
             headers.push(("accept".into(), "text/event-stream".into()));
@@ -122,7 +133,7 @@ impl HttpRequest {
             method: "POST".into(),
             path: path.into(),
             headers,
-            body: body.to_string().into_bytes(),
+            body,
             auth,
         }
     }

@@ -19,7 +19,7 @@ pub use adapter::{
     StreamOutput, StreamTranslator, Usage,
 };
 #[cfg(feature = "strategy")]
-pub use strategy::{Candidate, Health, Ranking, RequestInfo, Strategy};
+pub use strategy::{Candidate, Health, Ranking, RequestInfo, Strategy, decimal};
 
 /// JSON support for component authors (the same `serde_json` the SDK uses).
 pub use serde_json as json;

@@ -50,6 +50,47 @@ pub fn parse_params(params: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(params).map_err(|e| format!("strategy parameters are not JSON: {e}"))
 }
 
+/// [`parse_params`], remembering the last answer: a group's parameters are the same text on
+/// every call, and an instance serves one call at a time.
+#[doc(hidden)]
+pub fn cached_params(params: &str) -> Result<std::rc::Rc<serde_json::Value>, String> {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    thread_local! {
+        static LAST: RefCell<Option<(String, Rc<serde_json::Value>)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        if let Some((text, value)) = last.as_ref()
+            && text == params
+        {
+            return Ok(value.clone());
+        }
+        let value = Rc::new(parse_params(params)?);
+        *last = Some((params.to_string(), value.clone()));
+        Ok(value)
+    })
+}
+
+/// `x` with `places` decimals (`0.125` → `"0.125"` for 3), for explanations: integer arithmetic
+/// instead of the standard float formatting, which costs a guest far more per number.
+pub fn decimal(x: f64, places: u32) -> String {
+    let scale = 10i64.pow(places.min(9));
+    let scaled = (x * scale as f64).round();
+    if !scaled.is_finite() || scaled.abs() >= 1e17 {
+        return format!("{x}");
+    }
+    let n = scaled as i64;
+    let sign = if n < 0 { "-" } else { "" };
+    let (whole, frac) = (n.abs() / scale, n.abs() % scale);
+    if places == 0 {
+        return format!("{sign}{whole}");
+    }
+    format!(
+        "{sign}{whole}.{frac:0width$}",
+        width = places.min(9) as usize
+    )
+}
+
 /// Exports a type that implements [`Strategy`] as this component's strategy.
 ///
 /// ```ignore
@@ -70,11 +111,42 @@ macro_rules! export_strategy {
                     candidates: ::std::vec::Vec<$crate::Candidate>,
                     params: ::std::string::String,
                 ) -> ::std::result::Result<$crate::Ranking, ::std::string::String> {
-                    let params = $crate::strategy::parse_params(&params)?;
+                    let params = $crate::strategy::cached_params(&params)?;
                     <$t as $crate::Strategy>::rank(&request, &candidates, &params)
                 }
             }
             $crate::strategy::bindings::export!(__SmartRouterStrategy with_types_in $crate::strategy::bindings);
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_rounds_like_fixed_point_formatting() {
+        assert_eq!(decimal(0.125, 3), "0.125");
+        assert_eq!(decimal(0.73149, 3), "0.731");
+        assert_eq!(decimal(2.0, 3), "2.000");
+        assert_eq!(decimal(-0.25, 3), "-0.250");
+        assert_eq!(decimal(0.0000015, 6), "0.000002");
+        assert_eq!(decimal(7.6, 0), "8");
+        assert_eq!(decimal(f64::NAN, 3), "NaN");
+        assert_eq!(decimal(1e300, 3), format!("{}", 1e300));
+        for x in [0.0, 1.5, 3.14159, 99.999, 12345.678] {
+            assert_eq!(decimal(x, 3), format!("{x:.3}"), "{x}");
+        }
+    }
+
+    #[test]
+    fn parameters_are_parsed_once_per_text() {
+        let a = cached_params(r#"{"k": 1}"#).expect("json");
+        let b = cached_params(r#"{"k": 1}"#).expect("json");
+        assert!(std::rc::Rc::ptr_eq(&a, &b));
+        let c = cached_params(r#"{"k": 2}"#).expect("json");
+        assert_eq!(c["k"], 2);
+        assert!(cached_params("{").is_err());
+        assert_eq!(cached_params(r#"{"k": 2}"#).expect("json")["k"], 2);
+    }
 }

@@ -103,6 +103,42 @@ async fn the_body_passes_through_with_the_channels_model() {
     assert_eq!(sent["user"], "u1");
 }
 
+/// Only the top level is rebuilt: nested members reach the provider byte for byte as the client
+/// wrote them (spacing, number spelling, escapes), with the channel's model, and for a stream
+/// `include_usage` merged into the client's own `stream_options`.
+#[tokio::test]
+async fn nested_members_reach_the_provider_byte_for_byte() {
+    let (gw, mock) = setup(&["m"]).await;
+    let messages = r#"[ {"role": "user",   "content": "caf\u00e9 \"q\"", "x_n": 1.50e2} ]"#;
+    let body = format!(
+        r#"{{"model": "m", "stream": true, "stream_options": {{"x_keep": 1}}, "messages": {messages}, "temperature": 0.70}}"#
+    );
+    let resp = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(smart_router_tests::gateway::KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    resp.text().await.expect("stream");
+    let sent = &mock.calls("m")[0];
+    assert!(
+        sent.raw.contains(&format!(r#""messages":{messages}"#)),
+        "messages unchanged: {}",
+        sent.raw
+    );
+    assert!(sent.raw.contains(r#""temperature":0.70"#), "{}", sent.raw);
+    assert_eq!(sent.body["model"], "m");
+    assert_eq!(
+        sent.body["stream_options"],
+        json!({"x_keep": 1, "include_usage": true})
+    );
+    assert_eq!(sent.body["messages"][0]["content"], "caf\u{e9} \"q\"");
+}
+
 /// Recorded streams from Groq (usage inside `x_groq`) and OpenRouter (comment keep-alives, extra
 /// fields, usage on a chunk with choices) reach the client unchanged, and their usage is recorded.
 #[tokio::test]

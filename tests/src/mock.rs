@@ -51,6 +51,8 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Value,
+    /// The body exactly as it arrived.
+    pub raw: String,
 }
 
 #[derive(Default)]
@@ -125,12 +127,14 @@ async fn embeddings(
 }
 
 async fn serve(state: &MockState, path: &str, headers: HeaderMap, body: &[u8]) -> Response {
+    let raw = String::from_utf8_lossy(body).into_owned();
     let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let model = body["model"].as_str().unwrap_or("").to_string();
     state.received.lock().expect("lock").push(Received {
         path: path.into(),
         headers,
         body: body.clone(),
+        raw,
     });
     let answer = |body: &Value, model: &str, cut: Cut| {
         if path == "/v1/embeddings" {

@@ -96,6 +96,16 @@ fn test(root: &Path, extra: &[String]) -> Result<(), String> {
         .args(["nextest", "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
+    // The SDK's own unit tests (its helpers run natively as well as in guests).
+    run_cmd(cargo().current_dir(root).args([
+        "test",
+        "--release",
+        "--lib",
+        "-p",
+        "smart-router-sdk",
+        "--features",
+        "strategy,adapter",
+    ]))?;
     let mut cmd = cargo();
     cmd.current_dir(root);
     if let Some(py) = &python {

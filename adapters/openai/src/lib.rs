@@ -11,7 +11,10 @@
 
 mod errors;
 
-use smart_router_sdk::json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+use smart_router_sdk::json::value::RawValue;
+use smart_router_sdk::json::{Map, Value};
 use smart_router_sdk::{
     Adapter, Auth, ChatResponse, ErrorClass, HttpRequest, ProviderError, RequestContext, SseEvent,
     StreamOutput, StreamTranslator, Usage, export_adapter,
@@ -33,15 +36,50 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ProviderError> {
     }
 }
 
+/// A JSON object's members, each value kept as its raw text (validated, not built): the
+/// adapter looks at a few top-level members and passes everything else on as it came.
+type Members<'a> = BTreeMap<String, &'a RawValue>;
+
+fn members(body: &[u8]) -> Result<Members<'_>, ProviderError> {
+    let invalid = |e: smart_router_sdk::json::Error| {
+        ProviderError::new(
+            ErrorClass::ServerError,
+            format!("the provider answered with invalid JSON: {e}"),
+        )
+    };
+    match smart_router_sdk::json::from_slice::<Members<'_>>(body) {
+        Ok(m) => Ok(m),
+        // Valid JSON that is not an object, or not JSON at all.
+        Err(e) => match smart_router_sdk::json::from_slice::<Value>(body) {
+            Ok(_) => Err(ProviderError::new(
+                ErrorClass::ServerError,
+                "the provider answered with JSON that is not an object",
+            )),
+            Err(_) => Err(invalid(e)),
+        },
+    }
+}
+
+/// A member's value, built (for the few small ones the adapter reads).
+fn value(raw: Option<&&RawValue>) -> Value {
+    raw.and_then(|r| smart_router_sdk::json::from_str(r.get()).ok())
+        .unwrap_or(Value::Null)
+}
+
 /// A successful answer, checked and passed through unchanged (every field the provider sent
 /// reaches the client): an error inside it (vLLM's `{"object": "error"}`) is classified, and it
-/// must carry the list `required` (`choices`, or `data` for embeddings).
+/// must carry the list `required` (`choices`, or `data` for embeddings). Only the top level is
+/// parsed; the choices are validated as JSON but never built.
 fn passed_through(status: u16, body: &[u8], required: &str) -> Result<ChatResponse, ProviderError> {
-    let obj = parse_object(body)?;
-    if obj.contains_key("error") || obj.get("object").and_then(Value::as_str) == Some("error") {
-        return Err(errors::classify(status, &[], &Value::Object(obj)));
+    let top = members(body)?;
+    if top.contains_key("error") || value(top.get("object")).as_str() == Some("error") {
+        return Err(errors::classify(
+            status,
+            &[],
+            &parse_object(body).map(Value::Object)?,
+        ));
     }
-    if !obj.get(required).is_some_and(Value::is_array) {
+    if !top.get(required).is_some_and(|r| r.get().starts_with('[')) {
         return Err(ProviderError::new(
             ErrorClass::ServerError,
             format!("the provider's response has no `{required}`"),
@@ -49,7 +87,7 @@ fn passed_through(status: u16, body: &[u8], required: &str) -> Result<ChatRespon
     }
     Ok(ChatResponse {
         body: String::from_utf8_lossy(body).into_owned(),
-        usage: obj.get("usage").and_then(usage_of),
+        usage: usage_of(&value(top.get("usage"))),
     })
 }
 
@@ -77,28 +115,16 @@ impl Adapter for OpenAi {
     type Stream = OpenAiStream;
 
     fn translate_request(ctx: &RequestContext, body: &str) -> Result<HttpRequest, ProviderError> {
-        let mut req = match smart_router_sdk::json::from_str::<Value>(body) {
-            Ok(Value::Object(o)) => o,
-            _ => {
-                return Err(ProviderError::new(
-                    ErrorClass::BadRequest,
-                    "the request body is not a JSON object",
-                ));
-            }
-        };
         let options: Value = smart_router_sdk::json::from_str(&ctx.options).unwrap_or(Value::Null);
-        req.insert("model".into(), Value::String(ctx.model.clone()));
-        if ctx.is_stream && options.get("stream_usage").and_then(Value::as_bool) != Some(false) {
-            let so = req.entry("stream_options").or_insert_with(|| json!({}));
-            if let Value::Object(so) = so {
-                so.insert("include_usage".into(), Value::Bool(true));
-            }
-        }
-        Ok(post(
+        let stream_usage =
+            ctx.is_stream && options.get("stream_usage").and_then(Value::as_bool) != Some(false);
+        let body = with_model(body, &ctx.model, stream_usage)?;
+        Ok(HttpRequest::json_post_bytes(
             "/chat/completions",
+            body,
             ctx.is_stream,
             &options,
-            Value::Object(req),
+            Auth::Bearer,
         ))
     }
 
@@ -106,15 +132,14 @@ impl Adapter for OpenAi {
         ctx: &RequestContext,
         body: &str,
     ) -> Result<HttpRequest, ProviderError> {
-        let Ok(Value::Object(mut req)) = smart_router_sdk::json::from_str::<Value>(body) else {
-            return Err(ProviderError::new(
-                ErrorClass::BadRequest,
-                "the request body is not a JSON object",
-            ));
-        };
         let options: Value = smart_router_sdk::json::from_str(&ctx.options).unwrap_or(Value::Null);
-        req.insert("model".into(), Value::String(ctx.model.clone()));
-        Ok(post("/embeddings", false, &options, Value::Object(req)))
+        Ok(HttpRequest::json_post_bytes(
+            "/embeddings",
+            with_model(body, &ctx.model, false)?,
+            false,
+            &options,
+            Auth::Bearer,
+        ))
     }
 
     fn translate_embeddings_response(
@@ -139,9 +164,43 @@ impl Adapter for OpenAi {
     }
 }
 
-/// A JSON `POST` to `path` with the key as a bearer token.
-fn post(path: &str, stream: bool, options: &Value, body: Value) -> HttpRequest {
-    HttpRequest::json_post(path, &body, stream, options, Auth::Bearer)
+/// The client's request with the channel's `model`, and with `stream_options.include_usage`
+/// set when `stream_usage`. Only the top level is parsed: messages and tools are copied as the
+/// client wrote them, never rebuilt, so a long prompt costs a copy rather than a parse into a
+/// tree and a serialization back.
+fn with_model(body: &str, model: &str, stream_usage: bool) -> Result<Vec<u8>, ProviderError> {
+    let bad = || {
+        ProviderError::new(
+            ErrorClass::BadRequest,
+            "the request body is not a JSON object",
+        )
+    };
+    let raw = |v: &Value| smart_router_sdk::json::value::to_raw_value(v).map_err(|_| bad());
+    let model = raw(&Value::String(model.to_string()))?;
+    let mut top: Members<'_> = smart_router_sdk::json::from_str(body).map_err(|_| bad())?;
+    let options;
+    if stream_usage {
+        let mut so = match value(top.get("stream_options")) {
+            Value::Object(o) => o,
+            _ => Map::new(),
+        };
+        so.insert("include_usage".into(), Value::Bool(true));
+        options = raw(&Value::Object(so))?;
+        top.insert("stream_options".into(), &options);
+    }
+    top.insert("model".into(), &model);
+    let mut out = Vec::with_capacity(body.len() + 64);
+    out.push(b'{');
+    for (i, (k, v)) in top.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        smart_router_sdk::json::to_writer(&mut out, k).map_err(|_| bad())?;
+        out.push(b':');
+        out.extend_from_slice(v.get().as_bytes());
+    }
+    out.push(b'}');
+    Ok(out)
 }
 
 /// Stream translation: chunks pass through; usage is captured; errors inside the stream surface.

@@ -66,16 +66,15 @@ impl FromRequestParts<Arc<App>> for Caller {
             ));
         }
         let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        if let Some(master) = app.master_key() {
-            let master_hash: [u8; 32] = Sha256::digest(master.expose().as_bytes()).into();
-            if constant_time_eq(&hash, &master_hash) {
-                return Ok(Caller {
-                    key_id: "master".into(),
-                    allowed: None,
-                    budget: crate::budget::Limits::default(),
-                    admin: true,
-                });
-            }
+        if let Some(master_hash) = app.master_hash()
+            && constant_time_eq(&hash, master_hash)
+        {
+            return Ok(Caller {
+                key_id: "master".into(),
+                allowed: None,
+                budget: crate::budget::Limits::default(),
+                admin: true,
+            });
         }
         match app.key_by_hash(hash).await {
             Ok(Some(rec)) => Ok(Caller {

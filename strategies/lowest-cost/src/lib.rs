@@ -7,7 +7,7 @@
 //! group is good enough.
 
 use smart_router_sdk::json::Value;
-use smart_router_sdk::{Candidate, Ranking, RequestInfo, Strategy, export_strategy};
+use smart_router_sdk::{Candidate, Ranking, RequestInfo, Strategy, decimal, export_strategy};
 
 struct LowestCost;
 
@@ -47,9 +47,9 @@ impl Strategy for LowestCost {
             .iter()
             .map(|&i| {
                 format!(
-                    "{}=${:.6}",
+                    "{}=${}",
                     candidates[i as usize].id,
-                    cost(&candidates[i as usize])
+                    decimal(cost(&candidates[i as usize]), 6)
                 )
             })
             .collect::<Vec<_>>()

@@ -19,7 +19,7 @@
 //! `in_flight`). Use it when several signals matter at once: "free first, then fastest".
 
 use smart_router_sdk::json::Value;
-use smart_router_sdk::{Candidate, Ranking, RequestInfo, Strategy, export_strategy};
+use smart_router_sdk::{Candidate, Ranking, RequestInfo, Strategy, decimal, export_strategy};
 
 struct WeightedSort;
 
@@ -191,9 +191,9 @@ impl Strategy for WeightedSort {
             .iter()
             .map(|r| {
                 format!(
-                    "{}={:.3}",
+                    "{}={}",
                     candidates[r.0 as usize].id,
-                    r.1.first().copied().unwrap_or(0.0)
+                    decimal(r.1.first().copied().unwrap_or(0.0), 3)
                 )
             })
             .collect::<Vec<_>>()
