@@ -1,7 +1,10 @@
 //! Routing: the model name to candidate channels, host-side filters, then the strategy's order.
 
 use axum::http::StatusCode;
-use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::app::{App, Counters};
 use crate::components::Components;
@@ -44,9 +47,49 @@ pub struct Facts {
     pub max_output_tokens: Option<u32>,
 }
 
-fn model_of(body: &Map<String, Value>) -> Result<String, ApiError> {
-    match body.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => Ok(m.clone()),
+/// A JSON object's top-level members, each value kept as its raw text: validated, never built.
+/// The gateway reads a few members and measures the messages; a long prompt is not turned into
+/// a tree of allocations only to be dropped again.
+pub type Members<'a> = BTreeMap<String, &'a RawValue>;
+
+/// A member's value, built (for the small ones the gateway reads whole).
+fn member(body: &Members<'_>, key: &str) -> Option<Value> {
+    body.get(key)
+        .map(|raw| serde_json::from_str(raw.get()).unwrap_or(Value::Null))
+}
+
+/// The decoded length in bytes of a raw JSON string (0 when it is not a string).
+fn string_len(raw: &RawValue) -> usize {
+    if !raw.get().starts_with('"') {
+        return 0;
+    }
+    serde_json::from_str::<&str>(raw.get())
+        .map(str::len)
+        .or_else(|_| serde_json::from_str::<String>(raw.get()).map(|s| s.len()))
+        .unwrap_or(0)
+}
+
+/// The members of a raw JSON object; `None` when it is not an object.
+fn object(raw: &RawValue) -> Option<Members<'_>> {
+    if raw.get().starts_with('{') {
+        serde_json::from_str(raw.get()).ok()
+    } else {
+        None
+    }
+}
+
+/// The items of a raw JSON array; `None` when it is not an array.
+fn array(raw: &RawValue) -> Option<Vec<&RawValue>> {
+    if raw.get().starts_with('[') {
+        serde_json::from_str(raw.get()).ok()
+    } else {
+        None
+    }
+}
+
+fn model_of(body: &Members<'_>) -> Result<String, ApiError> {
+    match member(body, "model") {
+        Some(Value::String(m)) if !m.is_empty() => Ok(m),
         Some(_) => Err(ApiError::invalid_param(
             "model",
             "`model` must be a non-empty string",
@@ -60,10 +103,10 @@ fn model_of(body: &Map<String, Value>) -> Result<String, ApiError> {
 
 /// Validates an embeddings request (`input`: a string, a list of strings, a list of token ids,
 /// or a list of token-id lists; never empty) and estimates its tokens.
-pub fn embeddings_facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
+pub fn embeddings_facts(body: &Members<'_>) -> Result<Facts, ApiError> {
     let model = model_of(body)?;
     let bad = |why: &str| ApiError::invalid_param("input", why.to_string());
-    let tokens = match body.get("input") {
+    let tokens = match member(body, "input").as_ref() {
         None | Some(Value::Null) => return Err(bad("missing required parameter: `input`")),
         Some(Value::String(s)) if s.is_empty() => {
             return Err(bad("`input` must not be an empty string"));
@@ -110,18 +153,18 @@ pub fn embeddings_facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
     })
 }
 
-/// Validates the parts of a chat request the gateway relies on and derives its needs.
-pub fn facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
-    let model = model_of(body)?;
-    let messages = match body.get("messages") {
-        Some(Value::Array(m)) if !m.is_empty() => m,
-        Some(Value::Array(_)) => {
+/// The messages measured member by member: the authority on what is wrong with them.
+/// Returns how many there are, their text in bytes, and whether any carries an image.
+fn measure_messages(body: &Members<'_>) -> Result<(usize, usize, bool), ApiError> {
+    let messages = match body.get("messages").map(|raw| array(raw)) {
+        Some(Some(m)) if !m.is_empty() => m,
+        Some(Some(_)) => {
             return Err(ApiError::invalid_param(
                 "messages",
                 "`messages` must contain at least one message",
             ));
         }
-        Some(_) => {
+        Some(None) => {
             return Err(ApiError::invalid_param(
                 "messages",
                 "`messages` must be an array",
@@ -137,37 +180,187 @@ pub fn facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
     let mut text_bytes = 0usize;
     let mut needs_vision = false;
     for (i, m) in messages.iter().enumerate() {
-        let Some(obj) = m.as_object() else {
+        let Some(obj) = object(m) else {
             return Err(ApiError::invalid_param(
                 "messages",
                 format!("messages[{i}] must be an object"),
             ));
         };
-        if !obj.get("role").is_some_and(Value::is_string) {
+        if !obj.get("role").is_some_and(|r| r.get().starts_with('"')) {
             return Err(ApiError::invalid_param(
                 "messages",
                 format!("messages[{i}].role must be a string"),
             ));
         }
-        match obj.get("content") {
-            Some(Value::String(s)) => text_bytes += s.len(),
-            Some(Value::Array(parts)) => {
+        if let Some(content) = obj.get("content") {
+            if content.get().starts_with('"') {
+                text_bytes += string_len(content);
+            } else if let Some(parts) = array(content) {
                 for p in parts {
-                    match p.get("type").and_then(Value::as_str) {
-                        Some("image_url") | Some("input_image") => needs_vision = true,
+                    let (image, n) = measure_part(p);
+                    needs_vision |= image;
+                    text_bytes += n;
+                }
+            }
+        }
+        if obj.contains_key("tool_calls") {
+            text_bytes += member(&obj, "tool_calls").map_or(0, |c| c.to_string().len());
+        }
+    }
+    Ok((messages.len(), text_bytes, needs_vision))
+}
+
+/// [`measure_messages`] in one pass over well-formed messages, the usual case: each message is
+/// decoded straight into what is measured, its text never copied. Anything unusual (a message
+/// that is not an object, a role that is not a string, a member given twice, no messages) gives
+/// `None`, and the member-by-member path answers, with the reason.
+fn measure_fast(messages: &RawValue) -> Option<(usize, usize, bool)> {
+    let list: Vec<Message<'_>> = serde_json::from_str(messages.get()).ok()?;
+    if list.is_empty() {
+        return None;
+    }
+    let (mut text, mut vision) = (0usize, false);
+    for m in &list {
+        m.role.as_ref()?;
+        match m.content {
+            Some(Content::Text(n)) => text += n,
+            Some(Content::Parts { text: n, vision: v }) => {
+                text += n;
+                vision |= v;
+            }
+            Some(Content::Other) | None => {}
+        }
+        if let Some(calls) = m.tool_calls {
+            text += serde_json::from_str::<Value>(calls.get()).map_or(0, |v| v.to_string().len());
+        }
+    }
+    Some((list.len(), text, vision))
+}
+
+/// One chat message as [`measure_fast`] reads it. Only a JSON object decodes (a list does not,
+/// though a derived struct would take one); the last of a repeated member counts.
+struct Message<'a> {
+    /// `None` unless a string without escapes (the member-by-member path then decides).
+    role: Option<&'a str>,
+    content: Option<Content>,
+    /// Present with any value, `null` included.
+    tool_calls: Option<&'a RawValue>,
+}
+
+impl<'de> serde::Deserialize<'de> for Message<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Message<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a message object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Message<'de>, A::Error> {
+                let mut m = Message {
+                    role: None,
+                    content: None,
+                    tool_calls: None,
+                };
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "role" => m.role = map.next_value()?,
+                        "content" => m.content = map.next_value()?,
+                        "tool_calls" => m.tool_calls = Some(map.next_value()?),
                         _ => {
-                            text_bytes += p.get("text").and_then(Value::as_str).map_or(0, str::len)
+                            map.next_value::<serde::de::IgnoredAny>()?;
                         }
                     }
                 }
+                Ok(m)
             }
-            _ => {}
         }
-        if let Some(calls) = obj.get("tool_calls") {
-            text_bytes += calls.to_string().len();
-        }
+        d.deserialize_map(Visit)
     }
-    let is_stream = match body.get("stream") {
+}
+
+/// A message's `content`, measured: a string's length in bytes, or its parts' text and
+/// whether one is an image.
+enum Content {
+    Text(usize),
+    Parts { text: usize, vision: bool },
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Content {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Content;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("message content")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Content, E> {
+                Ok(Content::Text(v.len()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Content, A::Error> {
+                let (mut text, mut vision) = (0, false);
+                while let Some(part) = seq.next_element::<&'de RawValue>()? {
+                    let (image, n) = measure_part(part);
+                    vision |= image;
+                    text += n;
+                }
+                Ok(Content::Parts { text, vision })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Content, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Content::Other)
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Content, E> {
+                Ok(Content::Other)
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Content, E> {
+                Ok(Content::Other)
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Content, E> {
+                Ok(Content::Other)
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Content, E> {
+                Ok(Content::Other)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// One part of a message's `content` list: whether it is an image, else its text's length in
+/// bytes. A part that is not an object counts as no text, as does a `text` that is not a string.
+fn measure_part(p: &RawValue) -> (bool, usize) {
+    let part = object(p).unwrap_or_default();
+    match part
+        .get("type")
+        .map(|t| serde_json::from_str::<Value>(t.get()))
+    {
+        Some(Ok(Value::String(t))) if t == "image_url" || t == "input_image" => (true, 0),
+        _ => (false, part.get("text").map_or(0, |t| string_len(t))),
+    }
+}
+
+/// Validates the parts of a chat request the gateway relies on and derives its needs.
+pub fn facts(body: &Members<'_>) -> Result<Facts, ApiError> {
+    let model = model_of(body)?;
+    let (count, mut text_bytes, needs_vision) =
+        match body.get("messages").and_then(|m| measure_fast(m)) {
+            Some(measured) => measured,
+            None => measure_messages(body)?,
+        };
+    let is_stream = match member(body, "stream").as_ref() {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => {
@@ -177,9 +370,9 @@ pub fn facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
             ));
         }
     };
-    let max_output_tokens = match body
-        .get("max_completion_tokens")
-        .or_else(|| body.get("max_tokens"))
+    let max_output_tokens = match member(body, "max_completion_tokens")
+        .or_else(|| member(body, "max_tokens"))
+        .as_ref()
     {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
@@ -192,7 +385,7 @@ pub fn facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
             }
         },
     };
-    let needs_tools = match body.get("tools") {
+    let needs_tools = match member(body, "tools").as_ref() {
         None | Some(Value::Null) => false,
         Some(Value::Array(t)) => {
             // Measured without copying the tool list.
@@ -201,13 +394,13 @@ pub fn facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
         }
         Some(_) => return Err(ApiError::invalid_param("tools", "`tools` must be an array")),
     };
-    let needs_json = body
-        .get("response_format")
+    let needs_json = member(body, "response_format")
+        .as_ref()
         .and_then(|f| f.get("type"))
         .and_then(Value::as_str)
         .is_some_and(|t| t != "text");
-    let include_usage = body
-        .get("stream_options")
+    let include_usage = member(body, "stream_options")
+        .as_ref()
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         == Some(true);
@@ -219,8 +412,7 @@ pub fn facts(body: &Map<String, Value>) -> Result<Facts, ApiError> {
         needs_tools,
         needs_vision,
         needs_json,
-        estimated_prompt_tokens: (text_bytes / 4 + 4 * messages.len()).min(u32::MAX as usize)
-            as u32,
+        estimated_prompt_tokens: (text_bytes / 4 + 4 * count).min(u32::MAX as usize) as u32,
         max_output_tokens,
     })
 }
@@ -482,5 +674,153 @@ fn rank(
             tracing::warn!(strategy, "strategy failed: {e}; using priority order");
             fallback()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Result<Facts, ApiError> {
+        let members: Members<'_> = serde_json::from_str(body).expect("a JSON object");
+        facts(&members)
+    }
+
+    fn message(body: &str) -> String {
+        chat(body).expect_err("refused").message
+    }
+
+    #[test]
+    fn facts_measure_decoded_text_and_find_every_need() {
+        let f = chat(
+            r#"{"model": "m", "stream": true, "max_tokens": 9, "stream_options": {"include_usage": true},
+                "response_format": {"type": "json_object"}, "tools": [ {"type": "function"} ],
+                "messages": [
+                  {"role": "user", "content": "caf\u00e9 \"q\""},
+                  {"role": "user", "content": [{"type": "text", "text": "abcd"}, {"type": "image_url", "image_url": {"url": "x"}}, 5]},
+                  {"role": "assistant", "content": null, "tool_calls": [ {"id": "1"} ]}
+                ]}"#,
+        )
+        .expect("valid");
+        // Text: `café "q"` decodes to 9 bytes, `abcd` 4, the tool calls re-serialized
+        // `[{"id":"1"}]` 12 and the tools `[{"type":"function"}]` 21: 46 bytes, plus 4 tokens
+        // per message.
+        assert_eq!(f.estimated_prompt_tokens, 46 / 4 + 4 * 3);
+        assert_eq!(f.model, "m");
+        assert!(f.is_stream && f.include_usage && f.needs_tools && f.needs_vision && f.needs_json);
+        assert_eq!(f.max_output_tokens, Some(9));
+    }
+
+    #[test]
+    fn the_last_of_repeated_members_counts_as_in_a_json_object() {
+        let f = chat(r#"{"model": "a", "model": "b", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1, "max_completion_tokens": 2}"#)
+            .expect("valid");
+        assert_eq!(f.model, "b");
+        assert_eq!(f.max_output_tokens, Some(2));
+        assert!(!f.is_stream && !f.needs_tools && !f.needs_vision && !f.needs_json);
+    }
+
+    #[test]
+    fn malformed_chat_requests_are_refused_with_the_reason() {
+        let cases = [
+            (r#"{"messages": []}"#, "you must provide a model parameter"),
+            (r#"{"model": 5}"#, "`model` must be a non-empty string"),
+            (
+                r#"{"model": "m"}"#,
+                "missing required parameter: `messages`",
+            ),
+            (
+                r#"{"model": "m", "messages": {}}"#,
+                "`messages` must be an array",
+            ),
+            (
+                r#"{"model": "m", "messages": []}"#,
+                "`messages` must contain at least one message",
+            ),
+            (
+                r#"{"model": "m", "messages": [1]}"#,
+                "messages[0] must be an object",
+            ),
+            (
+                r#"{"model": "m", "messages": [{"content": "x"}]}"#,
+                "messages[0].role must be a string",
+            ),
+            (
+                r#"{"model": "m", "stream": "yes", "messages": [{"role": "user"}]}"#,
+                "`stream` must be a boolean",
+            ),
+            (
+                r#"{"model": "m", "max_tokens": -1, "messages": [{"role": "user"}]}"#,
+                "`max_tokens` must be a non-negative integer",
+            ),
+            (
+                r#"{"model": "m", "tools": {}, "messages": [{"role": "user"}]}"#,
+                "`tools` must be an array",
+            ),
+        ];
+        for (body, why) in cases {
+            assert_eq!(message(body), why, "{body}");
+        }
+    }
+
+    /// The one-pass measurement agrees with the member-by-member one wherever that one accepts
+    /// the messages, and gives way (to its error) wherever it does not.
+    #[test]
+    fn both_measurements_agree() {
+        let cases = [
+            r#"[{"role": "user", "content": "plain"}]"#,
+            r#"[{"role": "user", "content": "caf\u00e9 \"q\"", "name": "n"}]"#,
+            r#"[{"role": "user", "content": [{"type": "text", "text": "ab"}, {"text": "c", "type": "input_image"}, 7, [1], {"type": 3, "text": "xyz"}, {"type": "text", "text": 5}]}]"#,
+            r#"[{"role": "user", "content": [{"type": "image_url", "type": "text", "text": "ab", "text": "abcd"}]}]"#,
+            r#"[{"role": "assistant", "content": null, "tool_calls": null}]"#,
+            r#"[{"role": "assistant", "tool_calls": [ {"id": "1", "function": {"arguments": "{}"}} ]}]"#,
+            r#"[{"role": "user", "content": {"odd": true}}, {"role": "user", "content": 5}, {"role": "user", "content": false}]"#,
+            r#"[{"content": "a", "role": "user", "content": "abc"}]"#,
+            r#"[{"role": "us\u0065r", "content": "x"}]"#,
+            r#"[{"role": null, "content": "x"}]"#,
+            r#"[{"role": 5, "content": "x"}]"#,
+            r#"[["user", "hi"]]"#,
+            r#"[1]"#,
+            r#"[]"#,
+            r#"{"role": "user"}"#,
+        ];
+        for messages in cases {
+            let body = format!(r#"{{"messages": {messages}}}"#);
+            let members: Members<'_> = serde_json::from_str(&body).expect("json");
+            let raw = members["messages"];
+            match measure_messages(&members) {
+                Ok(slow) => {
+                    let fast = measure_fast(raw);
+                    // The fast path may give way on valid input too (an escaped role), never
+                    // disagree.
+                    assert!(
+                        fast.is_none_or(|f| f == slow),
+                        "{messages}: {fast:?} vs {slow:?}"
+                    );
+                }
+                Err(_) => assert_eq!(measure_fast(raw), None, "{messages}"),
+            }
+        }
+        // The common shapes take the fast path.
+        for messages in &cases[..8] {
+            let body = format!(r#"{{"messages": {messages}}}"#);
+            let members: Members<'_> = serde_json::from_str(&body).expect("json");
+            assert!(measure_fast(members["messages"]).is_some(), "{messages}");
+        }
+    }
+
+    #[test]
+    fn embeddings_inputs_are_checked_and_estimated() {
+        let members: Members<'_> =
+            serde_json::from_str(r#"{"model": "e", "input": ["abcdefgh", "ab"]}"#).expect("json");
+        assert_eq!(
+            embeddings_facts(&members)
+                .expect("valid")
+                .estimated_prompt_tokens,
+            (8 / 4 + 1) + (2 / 4 + 1)
+        );
+        let members: Members<'_> =
+            serde_json::from_str(r#"{"model": "e", "input": ["a", 1]}"#).expect("json");
+        assert!(embeddings_facts(&members).is_err());
     }
 }

@@ -8,13 +8,12 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
 use super::auth::Caller;
 use super::error::ApiError;
 use crate::app::{App, Counters};
 use crate::proxy::{Failure, RequestScope, attempt};
-use crate::router::{Endpoint, Facts, embeddings_facts, facts, plan};
+use crate::router::{Endpoint, Facts, Members, embeddings_facts, facts, plan};
 use crate::stats::now_ms;
 use crate::store::UsageRecord;
 
@@ -71,13 +70,17 @@ async fn handle(
     })?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("The request body is not valid UTF-8."))?;
-    let json: Value = serde_json::from_str(text).map_err(|e| {
-        ApiError::invalid(format!(
-            "We could not parse the JSON body of your request: {e}"
-        ))
-    })?;
-    let Value::Object(obj) = json else {
-        return Err(ApiError::invalid("The request body must be a JSON object."));
+    // The top level only, each member's value kept raw (see `router::Members`).
+    let obj: Members<'_> = match serde_json::from_str(text) {
+        Ok(members) => members,
+        Err(_) => {
+            return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Ok(_) => ApiError::invalid("The request body must be a JSON object."),
+                Err(e) => ApiError::invalid(format!(
+                    "We could not parse the JSON body of your request: {e}"
+                )),
+            });
+        }
     };
     let facts = match endpoint {
         Endpoint::Chat => facts(&obj)?,
