@@ -817,7 +817,8 @@ mod tests {
             embeddings_facts(&members)
                 .expect("valid")
                 .estimated_prompt_tokens,
-            (8 / 4 + 1) + (2 / 4 + 1)
+            // 8 bytes: 2 tokens + 1; 2 bytes: 0 + 1.
+            3 + 1
         );
         let members: Members<'_> =
             serde_json::from_str(r#"{"model": "e", "input": ["a", 1]}"#).expect("json");
