@@ -55,9 +55,16 @@ def wait_port(port, timeout=20):
     raise SystemExit(f"nothing is listening on {port}")
 
 
-def body(target, stream=False):
+def body(target, stream=False, big=False):
     model = {"gateway": "auto:bench", "baseline": "auto:bench", "claude": "auto:bench-claude"}.get(target, "bench-a")
-    return json.dumps({"model": model, "stream": stream, "messages": [{"role": "user", "content": "Say hello to the benchmark"}]})
+    messages = [{"role": "user", "content": "Say hello to the benchmark"}]
+    if big:
+        # A conversation of about 31 KB: a system prompt and 40 turns, as agents and chats send.
+        messages = [{"role": "system", "content": "You are a helpful assistant. " * 40}]
+        for i in range(40):
+            messages.append({"role": "user" if i % 2 == 0 else "assistant",
+                             "content": "Here is some context about the WebAssembly component model and routing; " * 10 + str(i)})
+    return json.dumps({"model": model, "stream": stream, "messages": messages})
 
 
 def headers(target):
@@ -67,11 +74,11 @@ def headers(target):
     return h
 
 
-def wrk(target, connections, seconds, workdir):
-    script = os.path.join(workdir, f"{target}.lua")
+def wrk(target, connections, seconds, workdir, big=False):
+    script = os.path.join(workdir, f"{target}{'-big' if big else ''}.lua")
     with open(script, "w") as f:
         f.write('wrk.method = "POST"\n')
-        f.write(f"wrk.body = {json.dumps(body(target))}\n")
+        f.write(f"wrk.body = {json.dumps(body(target, big=big))}\n")
         for k, v in headers(target).items():
             f.write(f'wrk.headers["{k}"] = "{v}"\n')
     url = f"http://127.0.0.1:{PORT[target]}/v1/chat/completions"
@@ -219,7 +226,7 @@ http {{
                 if t == "nginx":
                     ngx_ticks += tree_ticks(ngx.pid) - ngx_before
                     ngx_requests += one["requests"] + many["requests"]
-                row[t] = {"c1": one, "c64": many, "stream": stream_timing(t)}
+                row[t] = {"c1": one, "c64": many, "c64_big": wrk(t, 64, args.seconds, work, big=True), "stream": stream_timing(t)}
             rounds.append(row)
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
@@ -244,6 +251,7 @@ http {{
                 "overhead_p99_us": overhead(t, "p99_us"),
                 "c64_rps": med(t, ["c64", "rps"]),
                 "c64_p99_us": med(t, ["c64", "p99_us"]),
+                "c64_big_rps": med(t, ["c64_big", "rps"]),
                 "stream_ttfb_p50_us": med(t, ["stream", "ttfb_p50_us"]),
                 "stream_total_p50_us": med(t, ["stream", "total_p50_us"]),
                 "non_2xx": sum(row[t]["c1"]["non_2xx"] + row[t]["c64"]["non_2xx"] for row in rounds),
@@ -258,6 +266,7 @@ http {{
         ratios = {
             "overhead_p50_vs_nginx": summary["gateway"]["overhead_p50_us"] / max(summary["nginx"]["overhead_p50_us"], 1),
             "throughput_c64_vs_nginx": summary["gateway"]["c64_rps"] / summary["nginx"]["c64_rps"],
+            "throughput_c64_big_vs_nginx": summary["gateway"]["c64_big_rps"] / summary["nginx"]["c64_big_rps"],
             "stream_ttfb_minus_nginx_us": summary["gateway"]["stream_ttfb_p50_us"] - summary["nginx"]["stream_ttfb_p50_us"],
             "cpu_per_request_vs_nginx": summary["gateway"]["cpu_us_per_request"] / max(summary["nginx"]["cpu_us_per_request"], 0.1),
         }
@@ -266,20 +275,20 @@ http {{
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "commit": commit,
             "machine": {"cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
-            "method": f"{args.rounds} interleaved rounds; wrk {args.seconds}s at 1 and 64 connections; 200 sequential streams per target; medians",
+            "method": f"{args.rounds} interleaved rounds; wrk {args.seconds}s at 1 and 64 connections, and at 64 with a 31 KB conversation; 200 sequential streams per target; medians",
             "summary": summary,
             "ratios": ratios,
             "rounds": rounds,
         }
-        print(f"\n{'target':<9} {'p50 c1':>9} {'p99 c1':>9} {'overhead p50':>13} {'overhead p99':>13} {'req/s c64':>10} {'p99 c64':>9} {'stream TTFB':>12} {'stream end':>11}")
+        print(f"\n{'target':<9} {'p50 c1':>9} {'p99 c1':>9} {'overhead p50':>13} {'overhead p99':>13} {'req/s c64':>10} {'p99 c64':>9} {'req/s 31KB':>11} {'stream TTFB':>12} {'stream end':>11}")
         for t in targets:
             s = summary[t]
             print(f"{t:<9} {s['c1_p50_us']:>7.0f}µs {s['c1_p99_us']:>7.0f}µs {s['overhead_p50_us']:>11.0f}µs {s['overhead_p99_us']:>11.0f}µs "
-                  f"{s['c64_rps']:>10.0f} {s['c64_p99_us'] / 1000:>7.2f}ms {s['stream_ttfb_p50_us']:>10.0f}µs {s['stream_total_p50_us']:>9.0f}µs")
+                  f"{s['c64_rps']:>10.0f} {s['c64_p99_us'] / 1000:>7.2f}ms {s['c64_big_rps']:>11.0f} {s['stream_ttfb_p50_us']:>10.0f}µs {s['stream_total_p50_us']:>9.0f}µs")
         print(f"\ngateway: peak RSS {summary['gateway']['peak_rss_mib']} MiB, CPU {summary['gateway']['cpu_us_per_request']} µs per request "
               f"(nginx: {summary['nginx']['cpu_us_per_request']} µs)")
         print(f"ratios: overhead p50 {ratios['overhead_p50_vs_nginx']:.2f}× nginx's; throughput at 64 connections "
-              f"{ratios['throughput_c64_vs_nginx']:.2f}× nginx's; stream TTFB {ratios['stream_ttfb_minus_nginx_us']:+.0f} µs vs nginx; "
+              f"{ratios['throughput_c64_vs_nginx']:.2f}× nginx's ({ratios['throughput_c64_big_vs_nginx']:.2f}× with a 31 KB conversation); stream TTFB {ratios['stream_ttfb_minus_nginx_us']:+.0f} µs vs nginx; "
               f"CPU per request {ratios['cpu_per_request_vs_nginx']:.1f}× nginx's")
         os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
         name = datetime.datetime.now().strftime("%Y-%m-%d-%H%M") + f"-{commit}.json"
