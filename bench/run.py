@@ -159,6 +159,8 @@ error_log {work}/nginx.err warn;
 events {{ worker_connections 1024; }}
 http {{
   access_log off;
+  # Request bodies stay in memory (the default spills bodies over 16 KB to a temporary file).
+  client_body_buffer_size 1m;
   upstream mock {{ server 127.0.0.1:{PORT['direct']}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{PORT['nginx']};
