@@ -52,6 +52,56 @@ pub struct Facts {
 /// a tree of allocations only to be dropped again.
 pub type Members<'a> = BTreeMap<String, &'a RawValue>;
 
+/// Any JSON value, walked as strictly as building it would check it — numbers in range, string
+/// escapes that decode, nesting no deeper than 128 — but never built: strings without escapes
+/// are borrowed, not copied. (`IgnoredAny` and raw values check only the syntax.)
+pub struct Strict;
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Strict;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
+                Ok(Strict)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
+                Ok(Strict)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
+                Ok(Strict)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
+                Ok(Strict)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
+                Ok(Strict)
+            }
+            fn visit_unit<E>(self) -> Result<Strict, E> {
+                Ok(Strict)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Strict, A::Error> {
+                while seq.next_element::<Strict>()?.is_some() {}
+                Ok(Strict)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Strict, A::Error> {
+                while map.next_entry::<Strict, Strict>()?.is_some() {}
+                Ok(Strict)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
 /// A member's value, built (for the small ones the gateway reads whole).
 fn member(body: &Members<'_>, key: &str) -> Option<Value> {
     body.get(key)
@@ -203,8 +253,8 @@ fn measure_messages(body: &Members<'_>) -> Result<(usize, usize, bool), ApiError
                 }
             }
         }
-        if obj.contains_key("tool_calls") {
-            text_bytes += member(&obj, "tool_calls").map_or(0, |c| c.to_string().len());
+        if let Some(calls) = obj.get("tool_calls") {
+            text_bytes += tool_calls_len(calls);
         }
     }
     Ok((messages.len(), text_bytes, needs_vision))
@@ -212,7 +262,7 @@ fn measure_messages(body: &Members<'_>) -> Result<(usize, usize, bool), ApiError
 
 /// [`measure_messages`] in one pass over well-formed messages, the usual case: each message is
 /// decoded straight into what is measured, its text never copied. Anything unusual (a message
-/// that is not an object, a role that is not a string, a member given twice, no messages) gives
+/// that is not an object, a role that is not a string or has escapes, no messages) gives
 /// `None`, and the member-by-member path answers, with the reason.
 fn measure_fast(messages: &RawValue) -> Option<(usize, usize, bool)> {
     let list: Vec<Message<'_>> = serde_json::from_str(messages.get()).ok()?;
@@ -231,7 +281,7 @@ fn measure_fast(messages: &RawValue) -> Option<(usize, usize, bool)> {
             Some(Content::Other) | None => {}
         }
         if let Some(calls) = m.tool_calls {
-            text += serde_json::from_str::<Value>(calls.get()).map_or(0, |v| v.to_string().len());
+            text += tool_calls_len(calls);
         }
     }
     Some((list.len(), text, vision))
@@ -264,12 +314,12 @@ impl<'de> serde::Deserialize<'de> for Message<'de> {
                     content: None,
                     tool_calls: None,
                 };
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    match key.as_ref() {
-                        "role" => m.role = map.next_value()?,
-                        "content" => m.content = map.next_value()?,
-                        "tool_calls" => m.tool_calls = Some(map.next_value()?),
-                        _ => {
+                while let Some(key) = map.next_key::<Field>()? {
+                    match key {
+                        Field::Role => m.role = map.next_value()?,
+                        Field::Content => m.content = map.next_value()?,
+                        Field::ToolCalls => m.tool_calls = Some(map.next_value()?),
+                        Field::Other => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                         }
                     }
@@ -278,6 +328,35 @@ impl<'de> serde::Deserialize<'de> for Message<'de> {
             }
         }
         d.deserialize_map(Visit)
+    }
+}
+
+/// A message member's name, read without copying it.
+enum Field {
+    Role,
+    Content,
+    ToolCalls,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Field;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Field, E> {
+                Ok(match v {
+                    "role" => Field::Role,
+                    "content" => Field::Content,
+                    "tool_calls" => Field::ToolCalls,
+                    _ => Field::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(Visit)
     }
 }
 
@@ -337,6 +416,11 @@ impl<'de> serde::Deserialize<'de> for Content {
         }
         d.deserialize_any(Visit)
     }
+}
+
+/// A message's `tool_calls` as they count towards the prompt: their compact JSON's length.
+fn tool_calls_len(calls: &RawValue) -> usize {
+    serde_json::from_str::<Value>(calls.get()).map_or(0, |v| v.to_string().len())
 }
 
 /// One part of a message's `content` list: whether it is an image, else its text's length in
@@ -806,6 +890,33 @@ mod tests {
             let body = format!(r#"{{"messages": {messages}}}"#);
             let members: Members<'_> = serde_json::from_str(&body).expect("json");
             assert!(measure_fast(members["messages"]).is_some(), "{messages}");
+        }
+    }
+
+    /// What a full parse would refuse, the strict walk refuses too, though raw values and
+    /// `IgnoredAny` let it through.
+    #[test]
+    fn the_strict_walk_refuses_what_building_would() {
+        let deep = format!("{}1{}", "[".repeat(129), "]".repeat(129));
+        for bad in [
+            r#"{"t": 1e400}"#,
+            r#"{"s": "\ud800"}"#,
+            r#"{"\udfff": 1}"#,
+            deep.as_str(),
+        ] {
+            assert!(serde_json::from_str::<Value>(bad).is_err(), "{bad}");
+            assert!(
+                serde_json::from_str::<serde::de::IgnoredAny>(bad).is_ok(),
+                "{bad}"
+            );
+            assert!(serde_json::from_str::<Strict>(bad).is_err(), "{bad}");
+        }
+        let fine = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        for good in [
+            r#"{"t": 1e300, "s": "caf\u00e9", "n": [null, true, -1, 2.5, {}]}"#,
+            fine.as_str(),
+        ] {
+            assert!(serde_json::from_str::<Strict>(good).is_ok(), "{good}");
         }
     }
 

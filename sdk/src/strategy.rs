@@ -72,7 +72,10 @@ pub fn cached_params(params: &str) -> Result<std::rc::Rc<serde_json::Value>, Str
 }
 
 /// `x` with `places` decimals (`0.125` → `"0.125"` for 3), for explanations: integer arithmetic
-/// instead of the standard float formatting, which costs a guest far more per number.
+/// instead of the standard float formatting, which costs a guest far more per number. It rounds
+/// `x × 10^places` to the nearest integer, so a value within a rounding error of a halfway point
+/// may round the other way than `{:.N}` would (`1.0005` → `"1.001"`); a value too large for that
+/// (beyond 10^17 scaled) is written in full, and a negative value that rounds to zero has no sign.
 pub fn decimal(x: f64, places: u32) -> String {
     let scale = 10i64.pow(places.min(9));
     let scaled = (x * scale as f64).round();
@@ -125,7 +128,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn decimal_rounds_like_fixed_point_formatting() {
+    fn decimal_matches_fixed_point_formatting_for_ordinary_values() {
         assert_eq!(decimal(0.125, 3), "0.125");
         assert_eq!(decimal(0.73149, 3), "0.731");
         assert_eq!(decimal(2.0, 3), "2.000");

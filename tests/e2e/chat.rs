@@ -189,6 +189,8 @@ async fn errors_use_the_openai_shape_and_status() {
         (gw.client.post(&url).body("{}"), 401, "invalid_api_key"),
         (gw.client.post(&url).bearer_auth("sk-wrong").body("{}"), 401, "invalid_api_key"),
         (gw.client.post(&url).bearer_auth(KEY).body("{not json"), 400, ""),
+        (gw.client.post(&url).bearer_auth(KEY).body(r#"{"model": "m1", "temperature": 1e400, "messages": [{"role": "user", "content": "x"}]}"#), 400, ""),
+        (gw.client.post(&url).bearer_auth(KEY).body(r#"[{"model": "m1"}]"#), 400, ""),
         (gw.client.post(&url).bearer_auth(KEY).json(&json!({"model": "m1"})), 400, ""),
         (gw.client.post(&url).bearer_auth(KEY).json(&json!({"model": 5, "messages": []})), 400, ""),
         (gw.client.post(&url).bearer_auth(KEY).json(&json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]})), 404, "model_not_found"),

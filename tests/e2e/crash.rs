@@ -67,8 +67,10 @@ async fn crash_under_load(durable: bool) -> (i64, i64) {
 
     let ok = Arc::new(AtomicUsize::new(0));
     let running = tokio::spawn(load(addr, ok.clone()));
-    // Let load build up, then kill without warning.
-    while ok.load(Ordering::SeqCst) < 1500 {
+    // Let load build up past the loss window the non-durable mode documents (so losing more
+    // than it would show), then kill without warning.
+    let enough = smart_router::store::QUEUE + smart_router::store::MAX_BATCH + CLIENTS + 500;
+    while ok.load(Ordering::SeqCst) < enough {
         assert!(
             !running.is_finished(),
             "the load stopped before the kill, after {} answers",

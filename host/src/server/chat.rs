@@ -13,7 +13,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use crate::app::{App, Counters};
 use crate::proxy::{Failure, RequestScope, attempt};
-use crate::router::{Endpoint, Facts, Members, embeddings_facts, facts, plan};
+use crate::router::{Endpoint, Facts, Members, Strict, embeddings_facts, facts, plan};
 use crate::stats::now_ms;
 use crate::store::UsageRecord;
 
@@ -70,18 +70,16 @@ async fn handle(
     })?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("The request body is not valid UTF-8."))?;
-    // The top level only, each member's value kept raw (see `router::Members`).
-    let obj: Members<'_> = match serde_json::from_str(text) {
-        Ok(members) => members,
-        Err(_) => {
-            return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
-                Ok(_) => ApiError::invalid("The request body must be a JSON object."),
-                Err(e) => ApiError::invalid(format!(
-                    "We could not parse the JSON body of your request: {e}"
-                )),
-            });
-        }
-    };
+    // Checked as strictly as building it would (numbers in range, escapes that decode, nesting
+    // depth), without building it; then the top level only, each member's value kept raw (see
+    // `router::Members`).
+    serde_json::from_str::<Strict>(text).map_err(|e| {
+        ApiError::invalid(format!(
+            "We could not parse the JSON body of your request: {e}"
+        ))
+    })?;
+    let obj: Members<'_> = serde_json::from_str(text)
+        .map_err(|_| ApiError::invalid("The request body must be a JSON object."))?;
     let facts = match endpoint {
         Endpoint::Chat => facts(&obj)?,
         Endpoint::Embeddings => embeddings_facts(&obj)?,
