@@ -213,7 +213,8 @@ pub struct SystemFile {
 #[serde(deny_unknown_fields)]
 pub struct UsageSection {
     /// Answer a request only once its usage row is committed (group commit). Default false:
-    /// rows are committed in the background, in batches gathered for up to 50 ms.
+    /// rows are committed in the background, in batches gathered for 10 ms (up to 50 ms under
+    /// heavy traffic).
     #[serde(default)]
     pub durable: bool,
 }

@@ -47,9 +47,13 @@ pub const QUEUE: usize = 4096;
 /// of `LINGER_STEP`: SQLite's cost is mostly per transaction (every index page it touches is
 /// written again), so fewer, larger transactions cost far less per row. The writer sleeps
 /// through each step rather than waking for each record, so a request queueing its record
-/// wakes no other thread; it stops early once `MAX_BATCH / 2` records have gathered.
+/// wakes no other thread; it stops early once `MAX_BATCH / 2` records have gathered, and after
+/// a step that brought fewer than `BUSY_STEP_ROWS`: under light traffic a short transaction now
+/// beats a long one later, whose write would hold up the requests sharing its cores.
 const LINGER_STEP: std::time::Duration = std::time::Duration::from_millis(10);
 const LINGER_STEPS: u32 = 5;
+/// Records per step (6,400 a second) from which the writer keeps lingering.
+const BUSY_STEP_ROWS: usize = 64;
 /// Rows per INSERT statement (21 values each, well under SQLite's and Postgres's limits).
 const ROWS_PER_STATEMENT: usize = 128;
 const COLUMNS: usize = 22;
@@ -114,6 +118,7 @@ pub fn spawn_writer(store: Store, durable: bool) -> (UsageSink, tokio::task::Joi
                 && batch.len() < MAX_BATCH / 2
                 && steps < LINGER_STEPS
             {
+                let before = batch.len();
                 tokio::time::sleep(LINGER_STEP).await;
                 steps += 1;
                 while batch.len() < MAX_BATCH {
@@ -121,6 +126,9 @@ pub fn spawn_writer(store: Store, durable: bool) -> (UsageSink, tokio::task::Joi
                         Ok(m) => take(m, &mut batch, &mut waiters),
                         Err(_) => break,
                     }
+                }
+                if batch.len() - before < BUSY_STEP_ROWS {
+                    break;
                 }
             }
             write(&store, &mut conn, &mut batch).await;
