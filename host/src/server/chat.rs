@@ -8,12 +8,13 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde_json::Value;
 
 use super::auth::Caller;
 use super::error::ApiError;
 use crate::app::{App, Counters};
 use crate::proxy::{Failure, RequestScope, attempt};
-use crate::router::{Endpoint, Facts, Members, Strict, embeddings_facts, facts, plan};
+use crate::router::{Endpoint, Facts, embeddings_facts, facts, plan};
 use crate::stats::now_ms;
 use crate::store::UsageRecord;
 
@@ -70,16 +71,14 @@ async fn handle(
     })?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("The request body is not valid UTF-8."))?;
-    // Checked as strictly as building it would (numbers in range, escapes that decode, nesting
-    // depth), without building it; then the top level only, each member's value kept raw (see
-    // `router::Members`).
-    serde_json::from_str::<Strict>(text).map_err(|e| {
+    let json: Value = serde_json::from_str(text).map_err(|e| {
         ApiError::invalid(format!(
             "We could not parse the JSON body of your request: {e}"
         ))
     })?;
-    let obj: Members<'_> = serde_json::from_str(text)
-        .map_err(|_| ApiError::invalid("The request body must be a JSON object."))?;
+    let Value::Object(obj) = json else {
+        return Err(ApiError::invalid("The request body must be a JSON object."));
+    };
     let facts = match endpoint {
         Endpoint::Chat => facts(&obj)?,
         Endpoint::Embeddings => embeddings_facts(&obj)?,
