@@ -2,11 +2,13 @@
 //!
 //! - a strategy's `rank` call with 8 and 64 candidates (warm instance, as the gateway calls it);
 //! - an adapter's request and response translation for a typical chat request (OpenAI and
-//!   Anthropic formats), and stream translation per chunk;
+//!   Anthropic formats), a long conversation's request (about 31 KB, as `bench/run.py` sends),
+//!   and stream translation per chunk;
 //! - loading a component: compiling it, and from the compiled-component cache;
 //! - a hot swap: loading a changed file and making its first call.
 //!
-//! `cargo bench -p smart-router --bench hot_paths`
+//! `cargo bench -p smart-router --bench hot_paths`; `SMART_ROUTER_BENCH_COMPONENTS=DIR` measures
+//! the components in DIR instead (another build's, for a side-by-side run).
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -23,10 +25,11 @@ use smart_router::components::strategy_api::smart_router::gateway::types::{
 use smart_router::components::{Kind, Loaded, Runtime, load_bytes};
 
 fn component(kind: &str, name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../config/components")
-        .join(kind)
-        .join(format!("{name}.wasm"));
+    let dir = std::env::var_os("SMART_ROUTER_BENCH_COMPONENTS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/components"),
+        PathBuf::from,
+    );
+    let path = dir.join(kind).join(format!("{name}.wasm"));
     std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask build` first)", path.display()))
 }
@@ -93,6 +96,21 @@ const OPENAI_CHUNK: &str = r#"{"id":"chatcmpl-abc123","object":"chat.completion.
 const ANTHROPIC_CHUNK: &str =
     r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" routing"}}"#;
 
+/// A conversation of about 31 KB: a system prompt and 40 turns (the body `bench/run.py` sends).
+fn long_conversation() -> String {
+    let mut messages = vec![serde_json::json!({
+        "role": "system",
+        "content": "You are a helpful assistant. ".repeat(40),
+    })];
+    for i in 0..40 {
+        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        let text =
+            "Here is some context about the WebAssembly component model and routing; ".repeat(10);
+        messages.push(serde_json::json!({ "role": role, "content": format!("{text}{i}") }));
+    }
+    serde_json::json!({ "model": "auto:bench", "stream": false, "messages": messages }).to_string()
+}
+
 fn ctx(stream: bool) -> RequestContext {
     RequestContext {
         model: "gpt-4o-mini".into(),
@@ -142,6 +160,14 @@ fn adapters(c: &mut Criterion) {
             b.iter(|| {
                 let mut s = a.session(&rt).expect("session");
                 let r = s.translate_request(&plain, black_box(CHAT)).expect("call");
+                black_box(r.expect("translated").body.len())
+            })
+        });
+        let long = long_conversation();
+        group.bench_function(BenchmarkId::new("translate_request_31k", name), |b| {
+            b.iter(|| {
+                let mut s = a.session(&rt).expect("session");
+                let r = s.translate_request(&plain, black_box(&long)).expect("call");
                 black_box(r.expect("translated").body.len())
             })
         });

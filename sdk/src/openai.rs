@@ -21,8 +21,8 @@ pub fn text_of(content: Option<&Value>) -> String {
 
 /// Appends `parts` as a turn of `role`, merged into the last turn when that has the same role
 /// (providers that want alternating roles refuse two turns of one role in a row). Empty parts
-/// add nothing.
-pub fn push_turn<'a>(turns: &mut Vec<(&'a str, Vec<Value>)>, role: &'a str, parts: Vec<Value>) {
+/// add nothing. Parts are whatever the adapter builds turns of (JSON values, or its own blocks).
+pub fn push_turn<'a, T>(turns: &mut Vec<(&'a str, Vec<T>)>, role: &'a str, parts: Vec<T>) {
     if parts.is_empty() {
         return;
     }

@@ -100,6 +100,65 @@ async fn request_and_response_match_the_golden_fixtures() {
     assert!(!headers.contains_key("authorization"));
 }
 
+/// Plain-text turns are copied into the Anthropic body as the client wrote them (escapes and
+/// all); system texts are joined, consecutive turns of one role merged, empty texts dropped, and
+/// the turns that need building (content lists, tool calls) still are.
+#[tokio::test]
+async fn a_text_conversation_is_translated_with_its_escapes_intact() {
+    let (gw, seen) = setup().await;
+    let body = r#"{"model": "claude-test", "max_completion_tokens": 64, "user": "u-1",
+        "messages": [
+        {"role": "system", "content": "Be \"brief\".\nAlways."},
+        {"role": "developer", "content": [{"type": "text", "text": "Caf\u00e9"}, {"type": "text", "text": "ok"}]},
+        {"role": "system", "content": ""},
+        {"content": "first \ud83d\ude00 \/ \\ done", "role": "user"},
+        {"role": "user", "content": ""},
+        {"role": "user", "content": "second"},
+        {"role": "assistant", "content": "an answer", "tool_calls": null},
+        {"role": "assistant", "content": [{"type": "text", "text": "more"}]},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]},
+        {"role": "tool", "tool_call_id": "t1", "content": "42"},
+        {"role": "user", "content": "thanks"}
+    ]}"#;
+    let resp = gw.chat_raw(body).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    let sent = seen.requests.lock().expect("lock")[0].1.clone();
+    let text = |t: &str| json!({"type": "text", "text": t});
+    assert_eq!(
+        sent,
+        json!({
+            "model": "claude-test",
+            "max_tokens": 64,
+            "stream": false,
+            "metadata": {"user_id": "u-1"},
+            "system": "Be \"brief\".\nAlways.\n\nCaf\u{e9}\nok",
+            "messages": [
+                {"role": "user", "content": [text("first \u{1F600} / \\ done"), text("second")]},
+                {"role": "assistant", "content": [
+                    text("an answer"),
+                    text("more"),
+                    {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": "42"},
+                    text("thanks")
+                ]}
+            ]
+        })
+    );
+    // A role that is not a string is refused as before.
+    let resp = gw
+        .chat(json!({"model": "claude-test", "messages": [{"role": 7, "content": "x"}]}))
+        .await;
+    assert_eq!(resp.status(), 400);
+}
+
 #[tokio::test]
 async fn the_stream_matches_the_golden_fixture() {
     let (gw, _seen) = setup().await;

@@ -196,6 +196,18 @@ impl Gateway {
         self.post("/v1/chat/completions", body).await
     }
 
+    /// `POST /v1/chat/completions` with the master key and `body` sent exactly as written.
+    pub async fn chat_raw(&self, body: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// `POST /v1/embeddings` with the master key.
     pub async fn embeddings(&self, body: Value) -> reqwest::Response {
         self.post("/v1/embeddings", body).await

@@ -1,5 +1,9 @@
 //! OpenAI `chat.completions` request → Anthropic `POST /v1/messages`.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use smart_router_sdk::json::value::RawValue;
 use smart_router_sdk::json::{self, Map, Value, json};
 use smart_router_sdk::openai::{function_tools, push_turn, text_of};
 use smart_router_sdk::{Auth, ErrorClass, HttpRequest, ProviderError, RequestContext};
@@ -11,19 +15,74 @@ fn bad(message: impl Into<String>) -> ProviderError {
     ProviderError::new(ErrorClass::BadRequest, message)
 }
 
+/// A request's members, each kept as the client wrote it until it is needed.
+type Members<'a> = BTreeMap<String, &'a RawValue>;
+
+/// One content block of a turn.
+enum Block<'a> {
+    /// A text block whose text is the client's JSON string, copied as written: a long
+    /// conversation of plain text goes through without being decoded and encoded again.
+    Text(&'a RawValue),
+    /// Any other block, built.
+    Built(Value),
+}
+
 pub fn translate(ctx: &RequestContext, body: &str) -> Result<HttpRequest, ProviderError> {
-    let Ok(Value::Object(req)) = json::from_str::<Value>(body) else {
-        return Err(bad("the request body is not a JSON object"));
-    };
-    let out = messages_body(ctx, &req)?;
+    let top: Members<'_> =
+        json::from_str(body).map_err(|_| bad("the request body is not a JSON object"))?;
+    let messages: Vec<&RawValue> = top
+        .get("messages")
+        .and_then(|m| json::from_str(m.get()).ok())
+        .ok_or_else(|| bad("`messages` must be an array"))?;
+    let (system, turns) = convert_messages(&messages)?;
+    // Everything but the conversation is small: read it as values.
+    let req: Map<String, Value> = top
+        .iter()
+        .filter(|(k, _)| k.as_str() != "messages")
+        .map(|(k, v)| (k.clone(), tree(v)))
+        .collect();
+    let rest = Value::Object(rest_of_body(ctx, &req)?);
+    let mut out = Vec::with_capacity(body.len() + 256);
+    out.extend_from_slice(br#"{"messages":["#);
+    for (n, (role, blocks)) in turns.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"role":""#);
+        out.extend_from_slice(role.as_bytes());
+        out.extend_from_slice(br#"","content":["#);
+        for (b, block) in blocks.iter().enumerate() {
+            if b > 0 {
+                out.push(b',');
+            }
+            match block {
+                Block::Text(text) => {
+                    out.extend_from_slice(br#"{"type":"text","text":"#);
+                    out.extend_from_slice(text.get().as_bytes());
+                    out.push(b'}');
+                }
+                Block::Built(v) => out.extend_from_slice(v.to_string().as_bytes()),
+            }
+        }
+        out.extend_from_slice(b"]}");
+    }
+    out.push(b']');
+    if let Some(system) = system {
+        out.extend_from_slice(br#","system":"#);
+        out.extend_from_slice(system.as_bytes());
+    }
+    // `rest` is an object holding at least `model`: its members follow, after its `{`.
+    let rest = rest.to_string();
+    out.push(b',');
+    out.extend_from_slice(&rest.as_bytes()[1..]);
     let options: Value = json::from_str(&ctx.options).unwrap_or(Value::Null);
     let version = options
         .get("anthropic_version")
         .and_then(Value::as_str)
         .unwrap_or(DEFAULT_VERSION);
-    Ok(HttpRequest::json_post(
+    Ok(HttpRequest::json_post_bytes(
         "/v1/messages",
-        &Value::Object(out),
+        out,
         ctx.is_stream,
         &options,
         Auth::Header("x-api-key".into()),
@@ -31,22 +90,32 @@ pub fn translate(ctx: &RequestContext, body: &str) -> Result<HttpRequest, Provid
     .with_header("anthropic-version", version))
 }
 
-/// The Messages API body.
-fn messages_body(
+/// A member as a value (`null` when absent).
+fn tree(raw: &RawValue) -> Value {
+    json::from_str(raw.get()).unwrap_or(Value::Null)
+}
+
+/// True when `raw` is a JSON string.
+fn is_string(raw: &RawValue) -> bool {
+    raw.get().trim_start().starts_with('"')
+}
+
+/// A string member, borrowed unless it has escapes.
+fn string<'a>(raw: Option<&&'a RawValue>) -> Option<Cow<'a, str>> {
+    let raw = raw?.get();
+    match json::from_str::<&str>(raw) {
+        Ok(s) => Some(Cow::Borrowed(s)),
+        Err(_) => json::from_str::<String>(raw).ok().map(Cow::Owned),
+    }
+}
+
+/// The Messages API body apart from `messages` and `system`.
+fn rest_of_body(
     ctx: &RequestContext,
     req: &Map<String, Value>,
 ) -> Result<Map<String, Value>, ProviderError> {
-    let messages = req
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("`messages` must be an array"))?;
-    let (system, turns) = convert_messages(messages)?;
     let mut out = Map::new();
     out.insert("model".into(), ctx.model.clone().into());
-    if !system.is_empty() {
-        out.insert("system".into(), system.into());
-    }
-    out.insert("messages".into(), turns.into());
     let max_tokens = ["max_completion_tokens", "max_tokens"]
         .iter()
         .find_map(|k| req.get(*k).and_then(Value::as_u64))
@@ -81,32 +150,83 @@ fn messages_body(
     Ok(out)
 }
 
-/// Splits off the system prompt and turns the rest into alternating user/assistant turns.
-fn convert_messages(messages: &[Value]) -> Result<(String, Vec<Value>), ProviderError> {
-    let mut system = Vec::new();
-    let mut turns: Vec<(&str, Vec<Value>)> = Vec::new();
-    for (i, m) in messages.iter().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
-        let (role, blocks) = match role {
+/// A turn: its role and its blocks.
+type Turn<'a> = (&'static str, Vec<Block<'a>>);
+
+/// Splits off the system prompt (as one JSON string) and turns the rest into alternating
+/// user/assistant turns. Plain text is copied as the client wrote it; content lists, tool calls
+/// and tool results are built.
+fn convert_messages<'a>(
+    messages: &[&'a RawValue],
+) -> Result<(Option<String>, Vec<Turn<'a>>), ProviderError> {
+    // Each system text as a JSON string.
+    let mut system: Vec<Cow<'a, str>> = Vec::new();
+    let mut turns: Vec<Turn<'a>> = Vec::new();
+    for (i, raw) in messages.iter().enumerate() {
+        // Not an object: no role, refused below.
+        let m: Members<'a> = json::from_str(raw.get()).unwrap_or_default();
+        let role = string(m.get("role")).unwrap_or_default();
+        let (role, blocks) = match role.as_ref() {
             "system" | "developer" => {
-                let text = text_of(m.get("content"));
-                if !text.is_empty() {
-                    system.push(text);
+                match m.get("content") {
+                    Some(c) if is_string(c) => {
+                        if c.get() != r#""""# {
+                            system.push(Cow::Borrowed(c.get()));
+                        }
+                    }
+                    content => {
+                        let text = text_of(content.map(|c| tree(c)).as_ref());
+                        if !text.is_empty() {
+                            system.push(Cow::Owned(Value::String(text).to_string()));
+                        }
+                    }
                 }
                 continue;
             }
-            "user" => ("user", content_blocks(m.get("content"), i)?),
-            "assistant" => ("assistant", assistant_blocks(m, i)?),
-            "tool" => ("user", vec![tool_result(m, i)?]),
+            "user" => ("user", content(m.get("content"), i)?),
+            "assistant"
+                if m.get("tool_calls")
+                    .is_none_or(|c| !c.get().starts_with('[')) =>
+            {
+                ("assistant", content(m.get("content"), i)?)
+            }
+            "assistant" => ("assistant", built(assistant_blocks(&tree(raw), i)?)),
+            "tool" => ("user", vec![Block::Built(tool_result(&tree(raw), i)?)]),
             other => return Err(bad(format!("messages[{i}]: unsupported role `{other}`"))),
         };
         push_turn(&mut turns, role, blocks);
     }
-    let turns = turns
-        .into_iter()
-        .map(|(role, content)| json!({ "role": role, "content": content }))
-        .collect();
-    Ok((system.join("\n\n"), turns))
+    Ok((join_strings(&system), turns))
+}
+
+fn built<'a>(blocks: Vec<Value>) -> Vec<Block<'a>> {
+    blocks.into_iter().map(Block::Built).collect()
+}
+
+/// JSON strings joined, with a blank line between them, into one JSON string (the texts are
+/// joined inside their quotes, escapes and all).
+fn join_strings(parts: &[Cow<'_, str>]) -> Option<String> {
+    match parts {
+        [] => None,
+        [one] => Some(one.to_string()),
+        _ => {
+            let inner: Vec<&str> = parts.iter().map(|p| &p[1..p.len() - 1]).collect();
+            Some(format!("\"{}\"", inner.join("\\n\\n")))
+        }
+    }
+}
+
+/// A message's `content` as blocks: a non-empty string is one text block, copied as written.
+fn content<'a>(raw: Option<&&'a RawValue>, i: usize) -> Result<Vec<Block<'a>>, ProviderError> {
+    match raw {
+        None => Ok(Vec::new()),
+        Some(r) if is_string(r) => Ok(if r.get() == r#""""# {
+            Vec::new()
+        } else {
+            vec![Block::Text(r)]
+        }),
+        Some(r) => Ok(built(content_blocks(Some(&tree(r)), i)?)),
+    }
 }
 
 fn text_block(text: &str) -> Value {
