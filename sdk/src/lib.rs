@@ -24,6 +24,10 @@ pub use strategy::{Candidate, Health, Ranking, RequestInfo, Strategy, decimal};
 /// JSON support for component authors (the same `serde_json` the SDK uses).
 pub use serde_json as json;
 
+/// The `serde` behind [`json`], for components that deserialize by hand (a visitor that borrows
+/// from the request body, say).
+pub use serde;
+
 /// Writes a line to the gateway's log, tagged with this component's name.
 #[cfg(any(feature = "strategy", feature = "adapter"))]
 pub fn log(level: LogLevel, message: &str) {

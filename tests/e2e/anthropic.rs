@@ -152,11 +152,84 @@ async fn a_text_conversation_is_translated_with_its_escapes_intact() {
             ]
         })
     );
-    // A role that is not a string is refused as before.
-    let resp = gw
-        .chat(json!({"model": "claude-test", "messages": [{"role": 7, "content": "x"}]}))
-        .await;
-    assert_eq!(resp.status(), 400);
+    // Malformed conversations are refused with what is wrong with them.
+    for (messages, says) in [
+        (
+            json!([{"role": "user", "content": "x"}, {"role": "narrator", "content": "y"}]),
+            "messages[1]: unsupported role `narrator`",
+        ),
+        (
+            json!([{"role": "user", "content": 5}]),
+            "messages[0]: `content` must be a string or a list",
+        ),
+        (
+            json!([{"role": 7, "content": "x"}]),
+            "messages[0].role must be a string",
+        ),
+    ] {
+        let resp = gw
+            .chat(json!({"model": "claude-test", "messages": messages}))
+            .await;
+        assert_eq!(resp.status(), 400, "{messages}");
+        let text = resp.text().await.expect("body");
+        assert!(text.contains(says), "{messages}: {text}");
+    }
+    assert_eq!(seen.requests.lock().expect("lock").len(), 1);
+}
+
+/// Called directly (as any host may call it, without the gateway's own checks first), the
+/// adapter says what is wrong with a malformed request rather than failing on it.
+#[test]
+fn malformed_requests_called_directly_get_precise_errors() {
+    use smart_router::components::adapter_api::exports::smart_router::gateway::translation::{
+        ErrorClass, RequestContext,
+    };
+    use smart_router::components::{Kind, Loaded, Runtime, load_bytes};
+    let rt = Runtime::new(std::time::Duration::from_secs(1), 64 << 20, None).expect("runtime");
+    let bytes =
+        std::fs::read(smart_router_tests::component("adapters", "anthropic")).expect("read");
+    let Ok(Loaded::Adapter(adapter)) = load_bytes(&rt, Kind::Adapter, "anthropic", &bytes) else {
+        panic!("the anthropic adapter loads");
+    };
+    let ctx = RequestContext {
+        model: "claude-test".into(),
+        is_stream: false,
+        include_usage: false,
+        options: "{}".into(),
+    };
+    for (body, says) in [
+        ("[1]", "the request body is not a JSON object"),
+        (r#"{"model": "m"}"#, "`messages` must be an array"),
+        (r#"{"messages": "hi"}"#, "`messages` must be an array"),
+        (r#"{"messages": [5]}"#, "messages[0]: unsupported role ``"),
+        (
+            r#"{"messages": [{"role": "user", "content": "x"}, {"role": 7}]}"#,
+            "messages[1]: unsupported role ``",
+        ),
+    ] {
+        let mut session = adapter.session(&rt).expect("session");
+        let err = session
+            .translate_request(&ctx, body)
+            .expect("no trap")
+            .expect_err(body);
+        assert!(matches!(err.class, ErrorClass::BadRequest), "{body}");
+        assert_eq!(err.message, says, "{body}");
+    }
+    // A request the first pass reads needs no second one, and comes out the same.
+    let mut session = adapter.session(&rt).expect("session");
+    let ok = session
+        .translate_request(
+            &ctx,
+            r#"{"messages": [{"role": "user", "content": "x", "name": null}], "max_tokens": 5}"#,
+        )
+        .expect("no trap")
+        .expect("translated");
+    let sent: Value = serde_json::from_slice(&ok.body).expect("json");
+    assert_eq!(
+        sent,
+        json!({"model": "claude-test", "max_tokens": 5, "stream": false,
+               "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]})
+    );
 }
 
 #[tokio::test]

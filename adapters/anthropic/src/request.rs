@@ -2,10 +2,14 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 
 use smart_router_sdk::json::value::RawValue;
 use smart_router_sdk::json::{self, Map, Value, json};
 use smart_router_sdk::openai::{function_tools, push_turn, text_of};
+use smart_router_sdk::serde::de::{
+    self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor,
+};
 use smart_router_sdk::{Auth, ErrorClass, HttpRequest, ProviderError, RequestContext};
 
 const DEFAULT_VERSION: &str = "2023-06-01";
@@ -28,19 +32,18 @@ enum Block<'a> {
 }
 
 pub fn translate(ctx: &RequestContext, body: &str) -> Result<HttpRequest, ProviderError> {
-    let top: Members<'_> =
-        json::from_str(body).map_err(|_| bad("the request body is not a JSON object"))?;
-    let messages: Vec<&RawValue> = top
-        .get("messages")
-        .and_then(|m| json::from_str(m.get()).ok())
-        .ok_or_else(|| bad("`messages` must be an array"))?;
+    // One pass over the body for a well-formed request; a second, member by member, only to say
+    // what is wrong with one that is not.
+    let (messages, top) = match json::from_str::<Request<'_>>(body) {
+        Ok(Request {
+            messages: Some(messages),
+            rest,
+        }) => (messages, rest),
+        _ => member_by_member(body)?,
+    };
     let (system, turns) = convert_messages(&messages)?;
     // Everything but the conversation is small: read it as values.
-    let req: Map<String, Value> = top
-        .iter()
-        .filter(|(k, _)| k.as_str() != "messages")
-        .map(|(k, v)| (k.clone(), tree(v)))
-        .collect();
+    let req: Map<String, Value> = top.iter().map(|(k, v)| (k.clone(), tree(v))).collect();
     let rest = Value::Object(rest_of_body(ctx, &req)?);
     let mut out = Vec::with_capacity(body.len() + 256);
     out.extend_from_slice(br#"{"messages":["#);
@@ -90,6 +93,137 @@ pub fn translate(ctx: &RequestContext, body: &str) -> Result<HttpRequest, Provid
     .with_header("anthropic-version", version))
 }
 
+/// A request read in one pass: its messages, and every other member as written.
+struct Request<'a> {
+    messages: Option<Vec<Message<'a>>>,
+    rest: Members<'a>,
+}
+
+/// The members of a message that translation reads, each as the client wrote it (`null` reads
+/// as absent).
+#[derive(Default)]
+struct Message<'a> {
+    role: Option<&'a RawValue>,
+    content: Option<&'a RawValue>,
+    tool_calls: Option<&'a RawValue>,
+    tool_call_id: Option<&'a RawValue>,
+}
+
+impl<'de> Deserialize<'de> for Request<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Request<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a chat request object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Request<'de>, A::Error> {
+                let mut req = Request {
+                    messages: None,
+                    rest: Members::new(),
+                };
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "messages" {
+                        req.messages = Some(map.next_value()?);
+                    } else {
+                        req.rest.insert(key, map.next_value()?);
+                    }
+                }
+                Ok(req)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Message<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// A message member's name.
+        enum Key {
+            Role,
+            Content,
+            ToolCalls,
+            ToolCallId,
+            Other,
+        }
+        impl<'de> Deserialize<'de> for Key {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct K;
+                impl Visitor<'_> for K {
+                    type Value = Key;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("a member name")
+                    }
+                    fn visit_str<E: de::Error>(self, s: &str) -> Result<Key, E> {
+                        Ok(match s {
+                            "role" => Key::Role,
+                            "content" => Key::Content,
+                            "tool_calls" => Key::ToolCalls,
+                            "tool_call_id" => Key::ToolCallId,
+                            _ => Key::Other,
+                        })
+                    }
+                }
+                d.deserialize_identifier(K)
+            }
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Message<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a message object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message<'de>, A::Error> {
+                let mut m = Message::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    let slot = match key {
+                        Key::Role => &mut m.role,
+                        Key::Content => &mut m.content,
+                        Key::ToolCalls => &mut m.tool_calls,
+                        Key::ToolCallId => &mut m.tool_call_id,
+                        Key::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = map.next_value()?;
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A member of `m` unless it is absent or `null`.
+fn present<'a>(m: &Members<'a>, k: &str) -> Option<&'a RawValue> {
+    m.get(k).copied().filter(|v| v.get() != "null")
+}
+
+/// The request read member by member: the error a malformed one deserves, or its messages (a
+/// message that is not an object reads as one without a role, refused as such).
+fn member_by_member(body: &str) -> Result<(Vec<Message<'_>>, Members<'_>), ProviderError> {
+    let mut top: Members<'_> =
+        json::from_str(body).map_err(|_| bad("the request body is not a JSON object"))?;
+    let messages: Vec<&RawValue> = top
+        .remove("messages")
+        .and_then(|m| json::from_str(m.get()).ok())
+        .ok_or_else(|| bad("`messages` must be an array"))?;
+    let messages = messages
+        .iter()
+        .map(|raw| {
+            let m: Members<'_> = json::from_str(raw.get()).unwrap_or_default();
+            Message {
+                role: present(&m, "role"),
+                content: present(&m, "content"),
+                tool_calls: present(&m, "tool_calls"),
+                tool_call_id: present(&m, "tool_call_id"),
+            }
+        })
+        .collect();
+    Ok((messages, top))
+}
+
 /// A member as a value (`null` when absent).
 fn tree(raw: &RawValue) -> Value {
     json::from_str(raw.get()).unwrap_or(Value::Null)
@@ -101,7 +235,7 @@ fn is_string(raw: &RawValue) -> bool {
 }
 
 /// A string member, borrowed unless it has escapes.
-fn string<'a>(raw: Option<&&'a RawValue>) -> Option<Cow<'a, str>> {
+fn string(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
     let raw = raw?.get();
     match json::from_str::<&str>(raw) {
         Ok(s) => Some(Cow::Borrowed(s)),
@@ -157,25 +291,23 @@ type Turn<'a> = (&'static str, Vec<Block<'a>>);
 /// user/assistant turns. Plain text is copied as the client wrote it; content lists, tool calls
 /// and tool results are built.
 fn convert_messages<'a>(
-    messages: &[&'a RawValue],
+    messages: &[Message<'a>],
 ) -> Result<(Option<String>, Vec<Turn<'a>>), ProviderError> {
     // Each system text as a JSON string.
     let mut system: Vec<Cow<'a, str>> = Vec::new();
     let mut turns: Vec<Turn<'a>> = Vec::new();
-    for (i, raw) in messages.iter().enumerate() {
-        // Not an object: no role, refused below.
-        let m: Members<'a> = json::from_str(raw.get()).unwrap_or_default();
-        let role = string(m.get("role")).unwrap_or_default();
+    for (i, m) in messages.iter().enumerate() {
+        let role = string(m.role).unwrap_or_default();
         let (role, blocks) = match role.as_ref() {
             "system" | "developer" => {
-                match m.get("content") {
+                match m.content {
                     Some(c) if is_string(c) => {
                         if c.get() != r#""""# {
                             system.push(Cow::Borrowed(c.get()));
                         }
                     }
                     content => {
-                        let text = text_of(content.map(|c| tree(c)).as_ref());
+                        let text = text_of(content.map(tree).as_ref());
                         if !text.is_empty() {
                             system.push(Cow::Owned(Value::String(text).to_string()));
                         }
@@ -183,20 +315,34 @@ fn convert_messages<'a>(
                 }
                 continue;
             }
-            "user" => ("user", content(m.get("content"), i)?),
-            "assistant"
-                if m.get("tool_calls")
-                    .is_none_or(|c| !c.get().starts_with('[')) =>
-            {
-                ("assistant", content(m.get("content"), i)?)
+            "user" => ("user", content(m.content, i)?),
+            "assistant" if m.tool_calls.is_none_or(|c| !c.get().starts_with('[')) => {
+                ("assistant", content(m.content, i)?)
             }
-            "assistant" => ("assistant", built(assistant_blocks(&tree(raw), i)?)),
-            "tool" => ("user", vec![Block::Built(tool_result(&tree(raw), i)?)]),
+            "assistant" => ("assistant", built(assistant_blocks(&m.tree(), i)?)),
+            "tool" => ("user", vec![Block::Built(tool_result(&m.tree(), i)?)]),
             other => return Err(bad(format!("messages[{i}]: unsupported role `{other}`"))),
         };
         push_turn(&mut turns, role, blocks);
     }
     Ok((join_strings(&system), turns))
+}
+
+impl Message<'_> {
+    /// The message as a value, for the turns that are built (tool calls and results).
+    fn tree(&self) -> Value {
+        let mut m = Map::new();
+        for (k, v) in [
+            ("content", self.content),
+            ("tool_calls", self.tool_calls),
+            ("tool_call_id", self.tool_call_id),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.into(), tree(v));
+            }
+        }
+        Value::Object(m)
+    }
 }
 
 fn built<'a>(blocks: Vec<Value>) -> Vec<Block<'a>> {
@@ -217,7 +363,7 @@ fn join_strings(parts: &[Cow<'_, str>]) -> Option<String> {
 }
 
 /// A message's `content` as blocks: a non-empty string is one text block, copied as written.
-fn content<'a>(raw: Option<&&'a RawValue>, i: usize) -> Result<Vec<Block<'a>>, ProviderError> {
+fn content<'a>(raw: Option<&'a RawValue>, i: usize) -> Result<Vec<Block<'a>>, ProviderError> {
     match raw {
         None => Ok(Vec::new()),
         Some(r) if is_string(r) => Ok(if r.get() == r#""""# {
