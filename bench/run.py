@@ -32,7 +32,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "smart-router")
-PORT = {"direct": 19101, "nginx": 19102, "gateway": 19103, "claude": 19103, "baseline": 19104}
+PORT = {"direct": 19101, "nginx": 19102, "gateway": 19103, "claude": 19103, "baseline": 19104, "base-claude": 19104}
 KEY = "sk-bench"
 
 
@@ -56,7 +56,8 @@ def wait_port(port, timeout=20):
 
 
 def body(target, stream=False, big=False):
-    model = {"gateway": "auto:bench", "baseline": "auto:bench", "claude": "auto:bench-claude"}.get(target, "bench-a")
+    model = {"gateway": "auto:bench", "baseline": "auto:bench", "claude": "auto:bench-claude",
+             "base-claude": "auto:bench-claude"}.get(target, "bench-a")
     messages = [{"role": "user", "content": "Say hello to the benchmark"}]
     if big:
         # A conversation of about 31 KB: a system prompt and 40 turns, as agents and chats send.
@@ -69,7 +70,7 @@ def body(target, stream=False, big=False):
 
 def headers(target):
     h = {"Content-Type": "application/json"}
-    if target in ("gateway", "claude", "baseline"):
+    if target in ("gateway", "claude", "baseline", "base-claude"):
         h["Authorization"] = f"Bearer {KEY}"
     return h
 
@@ -218,7 +219,8 @@ http {{
             warm.send_signal(signal.SIGTERM)
             warm.wait(timeout=30)
             procs.append(subprocess.Popen(other, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            targets.append("baseline")
+            # The baseline through its Anthropic adapter as well: the same pair as `claude`.
+            targets += ["baseline", "base-claude"]
         for t in targets:
             wait_port(PORT[t])
 
