@@ -200,6 +200,8 @@ http {{
         gw = subprocess.Popen(serve, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(gw)
         targets = ["direct", "nginx", "gateway", "claude"]
+        # The process (or process tree) serving each target whose CPU time is measured.
+        serving = {"gateway": gw, "claude": gw}
         if args.baseline:
             other = [args.baseline] + serve[1:]
             other[other.index("--listen") + 1] = f"127.0.0.1:{PORT['baseline']}"
@@ -218,7 +220,9 @@ http {{
             wait_port(PORT["baseline"])
             warm.send_signal(signal.SIGTERM)
             warm.wait(timeout=30)
-            procs.append(subprocess.Popen(other, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            base = subprocess.Popen(other, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(base)
+            serving["baseline"] = serving["base-claude"] = base
             # The baseline through its Anthropic adapter as well: the same pair as `claude`.
             targets += ["baseline", "base-claude"]
         for t in targets:
@@ -226,12 +230,21 @@ http {{
 
         rounds = []
         gw_ticks = gw_requests = ngx_ticks = ngx_requests = 0
+        # CPU time per request at 64 connections, per target: steadier than requests per second
+        # when the machine's speed drifts, so the fairer comparison of two builds.
+        c64_ticks = {t: 0 for t in ["nginx", *serving]}
+        c64_requests = dict.fromkeys(c64_ticks, 0)
+        ticks_of = lambda t: tree_ticks(ngx.pid) if t == "nginx" else cpu_ticks(serving[t].pid)
         for r in range(args.rounds):
             row = {}
             for t in targets:
                 before, ngx_before = cpu_ticks(gw.pid), tree_ticks(ngx.pid)
                 one = wrk(t, 1, args.seconds, work)
+                c64_before = ticks_of(t) if t in c64_ticks else 0
                 many = wrk(t, 64, args.seconds, work)
+                if t in c64_ticks:
+                    c64_ticks[t] += ticks_of(t) - c64_before
+                    c64_requests[t] += many["requests"]
                 if t in ("gateway", "claude"):
                     gw_ticks += cpu_ticks(gw.pid) - before
                     gw_requests += one["requests"] + many["requests"]
@@ -273,6 +286,8 @@ http {{
         summary["gateway"]["cpu_us_per_request"] = round(gw_ticks / hz * 1e6 / max(gw_requests, 1), 1)
         summary["claude"]["peak_rss_mib"] = summary["gateway"]["peak_rss_mib"]
         summary["nginx"]["cpu_us_per_request"] = round(ngx_ticks / hz * 1e6 / max(ngx_requests, 1), 1)
+        for t in c64_ticks:
+            summary[t]["cpu_us_per_request_c64"] = round(c64_ticks[t] / hz * 1e6 / max(c64_requests[t], 1), 1)
         if args.baseline:
             summary["baseline"]["binary"] = args.baseline
         ratios = {
@@ -282,6 +297,9 @@ http {{
             "stream_ttfb_minus_nginx_us": summary["gateway"]["stream_ttfb_p50_us"] - summary["nginx"]["stream_ttfb_p50_us"],
             "cpu_per_request_vs_nginx": summary["gateway"]["cpu_us_per_request"] / max(summary["nginx"]["cpu_us_per_request"], 0.1),
         }
+        if args.baseline:
+            for t, b in (("gateway", "baseline"), ("claude", "base-claude")):
+                ratios[f"cpu_per_request_c64_{t}_vs_{b}"] = summary[t]["cpu_us_per_request_c64"] / max(summary[b]["cpu_us_per_request_c64"], 0.1)
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         result = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -292,16 +310,20 @@ http {{
             "ratios": ratios,
             "rounds": rounds,
         }
-        print(f"\n{'target':<9} {'p50 c1':>9} {'p99 c1':>9} {'overhead p50':>13} {'overhead p99':>13} {'req/s c64':>10} {'p99 c64':>9} {'req/s 31KB':>11} {'stream TTFB':>12} {'stream end':>11}")
+        print(f"\n{'target':<11} {'p50 c1':>9} {'p99 c1':>9} {'overhead p50':>13} {'overhead p99':>13} {'req/s c64':>10} {'p99 c64':>9} {'req/s 31KB':>11} {'stream TTFB':>12} {'stream end':>11}")
         for t in targets:
             s = summary[t]
-            print(f"{t:<9} {s['c1_p50_us']:>7.0f}µs {s['c1_p99_us']:>7.0f}µs {s['overhead_p50_us']:>11.0f}µs {s['overhead_p99_us']:>11.0f}µs "
+            print(f"{t:<11} {s['c1_p50_us']:>7.0f}µs {s['c1_p99_us']:>7.0f}µs {s['overhead_p50_us']:>11.0f}µs {s['overhead_p99_us']:>11.0f}µs "
                   f"{s['c64_rps']:>10.0f} {s['c64_p99_us'] / 1000:>7.2f}ms {s['c64_big_rps']:>11.0f} {s['stream_ttfb_p50_us']:>10.0f}µs {s['stream_total_p50_us']:>9.0f}µs")
         print(f"\ngateway: peak RSS {summary['gateway']['peak_rss_mib']} MiB, CPU {summary['gateway']['cpu_us_per_request']} µs per request "
               f"(nginx: {summary['nginx']['cpu_us_per_request']} µs)")
+        print("CPU per request at 64 connections: " + ", ".join(f"{t} {summary[t]['cpu_us_per_request_c64']} µs" for t in c64_ticks))
         print(f"ratios: overhead p50 {ratios['overhead_p50_vs_nginx']:.2f}× nginx's; throughput at 64 connections "
               f"{ratios['throughput_c64_vs_nginx']:.2f}× nginx's ({ratios['throughput_c64_big_vs_nginx']:.2f}× with a 31 KB conversation); stream TTFB {ratios['stream_ttfb_minus_nginx_us']:+.0f} µs vs nginx; "
               f"CPU per request {ratios['cpu_per_request_vs_nginx']:.1f}× nginx's")
+        for k, v in ratios.items():
+            if k.startswith("cpu_per_request_c64_"):
+                print(f"{k}: {v:.2f}")
         os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
         name = datetime.datetime.now().strftime("%Y-%m-%d-%H%M") + f"-{commit}.json"
         with open(os.path.join(ROOT, "bench", "results", name), "w") as f:

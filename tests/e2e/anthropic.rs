@@ -23,6 +23,8 @@ struct Seen {
     requests: Mutex<Vec<(HeaderMap, Value)>>,
     /// When set, every request is answered with this status and body.
     fail: Mutex<Option<Failure>>,
+    /// When set, every request is answered 200 with this body, byte for byte.
+    answer: Mutex<Option<&'static str>>,
 }
 
 async fn messages(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -40,6 +42,9 @@ async fn messages(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes
                 .insert(k, axum::http::HeaderValue::from_static(v));
         }
         return resp;
+    }
+    if let Some(answer) = *seen.answer.lock().expect("lock") {
+        return ([("content-type", "application/json")], answer).into_response();
     }
     if stream {
         (
@@ -175,6 +180,83 @@ async fn a_text_conversation_is_translated_with_its_escapes_intact() {
         assert!(text.contains(says), "{messages}: {text}");
     }
     assert_eq!(seen.requests.lock().expect("lock").len(), 1);
+}
+
+/// A plain text answer is copied with its escapes intact; answers of several blocks are built;
+/// both come out as the same OpenAI completion shape.
+#[tokio::test]
+async fn text_answers_keep_their_escapes_and_every_shape_translates() {
+    let (gw, seen) = setup().await;
+    let usage = |p: u64, c: u64| {
+        json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+               "prompt_tokens_details": {"cached_tokens": 0}})
+    };
+    let completion = |id: &str, model: &str, content: Value, finish: Value, usage: Value| {
+        json!({"id": id, "object": "chat.completion", "created": 0, "model": model,
+               "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                            "logprobs": null, "finish_reason": finish}],
+               "usage": usage})
+    };
+    let cases = [
+        (
+            r#"{"id": "msg_\"1", "type": "message", "model": "claude-x", "content": [{"type": "text", "text": "Caf\u00e9 \"ok\"\n\ud83d\ude00 \/"}], "stop_reason": "max_tokens", "usage": {"input_tokens": 3, "output_tokens": 4}}"#,
+            completion(
+                "chatcmpl-msg_\"1",
+                "claude-x",
+                json!("Caf\u{e9} \"ok\"\n\u{1F600} /"),
+                json!("length"),
+                usage(3, 4),
+            ),
+        ),
+        (
+            r#"{"content": [], "usage": null}"#,
+            completion(
+                "chatcmpl-",
+                "claude-test",
+                Value::Null,
+                Value::Null,
+                usage(0, 0),
+            ),
+        ),
+        (
+            r#"{"id": "m2", "model": 7, "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}], "stop_reason": "end_turn"}"#,
+            completion(
+                "chatcmpl-m2",
+                "claude-test",
+                json!("ab"),
+                json!("stop"),
+                usage(0, 0),
+            ),
+        ),
+        (
+            r#"{"id": "m3", "content": [{"type": "text", "text": ""}], "stop_reason": "refusal", "usage": {"input_tokens": 1, "cache_read_input_tokens": 2, "output_tokens": 0}}"#,
+            completion(
+                "chatcmpl-m3",
+                "claude-test",
+                json!(""),
+                json!("content_filter"),
+                json!({"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3,
+                       "prompt_tokens_details": {"cached_tokens": 2}}),
+            ),
+        ),
+    ];
+    for (answer, want) in cases {
+        *seen.answer.lock().expect("lock") = Some(answer);
+        let resp = gw
+            .chat(json!({"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]}))
+            .await;
+        assert_eq!(resp.status(), 200, "{answer}");
+        let text = resp.text().await.expect("body");
+        let got: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(got, want, "{answer}");
+        if answer.contains("Caf") {
+            // Copied, not decoded and encoded again.
+            assert!(
+                text.contains(r#""Caf\u00e9 \"ok\"\n\ud83d\ude00 \/""#),
+                "{text}"
+            );
+        }
+    }
 }
 
 /// Called directly (as any host may call it, without the gateway's own checks first), the

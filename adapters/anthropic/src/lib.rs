@@ -11,6 +11,7 @@
 //! - `headers: {name: value}` — extra headers (`anthropic-beta`, …).
 
 mod errors;
+mod raw;
 mod request;
 mod response;
 mod stream;

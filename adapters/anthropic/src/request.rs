@@ -1,7 +1,6 @@
 //! OpenAI `chat.completions` request → Anthropic `POST /v1/messages`.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 
 use smart_router_sdk::json::value::RawValue;
@@ -12,15 +11,14 @@ use smart_router_sdk::serde::de::{
 };
 use smart_router_sdk::{Auth, ErrorClass, HttpRequest, ProviderError, RequestContext};
 
+use crate::raw::{Members, is_string, string, tree};
+
 const DEFAULT_VERSION: &str = "2023-06-01";
 const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 fn bad(message: impl Into<String>) -> ProviderError {
     ProviderError::new(ErrorClass::BadRequest, message)
 }
-
-/// A request's members, each kept as the client wrote it until it is needed.
-type Members<'a> = BTreeMap<String, &'a RawValue>;
 
 /// One content block of a turn.
 enum Block<'a> {
@@ -222,25 +220,6 @@ fn member_by_member(body: &str) -> Result<(Vec<Message<'_>>, Members<'_>), Provi
         })
         .collect();
     Ok((messages, top))
-}
-
-/// A member as a value (`null` when absent).
-fn tree(raw: &RawValue) -> Value {
-    json::from_str(raw.get()).unwrap_or(Value::Null)
-}
-
-/// True when `raw` is a JSON string.
-fn is_string(raw: &RawValue) -> bool {
-    raw.get().trim_start().starts_with('"')
-}
-
-/// A string member, borrowed unless it has escapes.
-fn string(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
-    let raw = raw?.get();
-    match json::from_str::<&str>(raw) {
-        Ok(s) => Some(Cow::Borrowed(s)),
-        Err(_) => json::from_str::<String>(raw).ok().map(Cow::Owned),
-    }
 }
 
 /// The Messages API body apart from `messages` and `system`.

@@ -5,6 +5,7 @@ use smart_router_sdk::json::{self, Value, json};
 use smart_router_sdk::{ChatResponse, ErrorClass, ProviderError, RequestContext, Usage};
 
 use crate::errors;
+use crate::raw::{Members, is_string, string, tree};
 
 /// Anthropic's token counts, kept as reported.
 #[derive(Clone, Copy, Debug, Default)]
@@ -79,6 +80,60 @@ pub fn translate(
     status: u16,
     body: &[u8],
 ) -> Result<ChatResponse, ProviderError> {
+    match copied(ctx, body) {
+        Some(done) => Ok(done),
+        None => built(ctx, status, body),
+    }
+}
+
+/// The usual answer (text, no tool calls or thinking) with its text copied as the provider wrote
+/// it, escapes and all; `None` for anything else, which [`built`] translates.
+fn copied(ctx: &RequestContext, body: &[u8]) -> Option<ChatResponse> {
+    let msg: Members<'_> = json::from_slice(body).ok()?;
+    if msg.get("type").is_some_and(|t| t.get() != r#""message""#) {
+        return None;
+    }
+    let blocks: Vec<Members<'_>> = json::from_str(msg.get("content")?.get()).ok()?;
+    // One text block whose text is a string, or none at all.
+    let text = match blocks.as_slice() {
+        [] => None,
+        [block] if block.get("type")?.get() == r#""text""# => {
+            Some(block.get("text").copied().filter(|t| is_string(t))?)
+        }
+        _ => return None,
+    };
+    let id = msg.get("id").copied().filter(|v| is_string(v));
+    let model = msg.get("model").copied().filter(|v| is_string(v));
+    let stop_reason = string(msg.get("stop_reason").copied());
+    let mut tokens = Tokens::default();
+    let usage = msg.get("usage").map(|u| tree(u));
+    if let Some(u) = &usage {
+        tokens.update(u);
+    }
+    let mut out = String::with_capacity(body.len() + 256);
+    // `"chatcmpl-` and the provider's id inside its own quotes.
+    out.push_str(r#"{"id":"chatcmpl-"#);
+    out.push_str(id.map_or(r#"""#, |v| &v.get()[1..]));
+    out.push_str(r#","object":"chat.completion","created":0,"model":"#);
+    match model {
+        Some(m) => out.push_str(m.get()),
+        None => out.push_str(&Value::String(ctx.model.clone()).to_string()),
+    }
+    out.push_str(r#","choices":[{"index":0,"message":{"role":"assistant","content":"#);
+    out.push_str(text.map_or("null", |t| t.get()));
+    out.push_str(r#"},"logprobs":null,"finish_reason":"#);
+    out.push_str(&finish_reason(stop_reason.as_deref()).to_string());
+    out.push_str(r#"}],"usage":"#);
+    out.push_str(&tokens.openai().to_string());
+    out.push('}');
+    Some(ChatResponse {
+        body: out,
+        usage: usage.map(|_| tokens.wit()),
+    })
+}
+
+/// The answer built as a value: several blocks, thinking, tool calls, errors.
+fn built(ctx: &RequestContext, status: u16, body: &[u8]) -> Result<ChatResponse, ProviderError> {
     let msg: Value = json::from_slice(body)
         .map_err(|e| server(format!("the provider answered with invalid JSON: {e}")))?;
     if msg.get("type").and_then(Value::as_str) == Some("error") {
