@@ -151,18 +151,32 @@ async fn swapping_strategies_and_adapters_under_load_fails_no_request() {
             statuses
         }));
     }
+    let reloads = |what: &str| logs().matches(what).count();
+    let (adapter_loaded, strategy_loaded) = (
+        "adapter `openai` reloaded",
+        "strategy `weighted-sort` reloaded",
+    );
     for n in 0..8u8 {
         let s = if n % 2 == 0 {
             variant(&other, n)
         } else {
             variant(&strategy, n)
         };
+        let before = (reloads(adapter_loaded), reloads(strategy_loaded));
         gw.write_atomic(&gw.components("strategies").join("weighted-sort.wasm"), &s);
         gw.write_atomic(
             &gw.components("adapters").join("openai.wasm"),
             &variant(&adapter, n),
         );
-        tokio::time::sleep(Duration::from_millis(350)).await;
+        // Each swap is waited for (compiling a changed component takes longer on a busy
+        // machine), so that every one of them happens while requests keep flowing.
+        let swapped = gw
+            .eventually(Duration::from_secs(60), || async {
+                reloads(adapter_loaded) > before.0 && reloads(strategy_loaded) > before.1
+            })
+            .await;
+        assert!(swapped, "swap {n} was loaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     done.store(true, Ordering::Relaxed);
     let mut total = 0;
@@ -178,10 +192,10 @@ async fn swapping_strategies_and_adapters_under_load_fails_no_request() {
         "load kept flowing during the swaps ({total} requests)"
     );
     assert!(
-        logs().matches("adapter `openai` reloaded").count() >= 6,
+        reloads(adapter_loaded) >= 8,
         "the adapter really was swapped"
     );
-    assert!(logs().matches("strategy `weighted-sort` reloaded").count() >= 6);
+    assert!(reloads(strategy_loaded) >= 8);
     assert_eq!(mock.total_calls(), total);
 }
 
