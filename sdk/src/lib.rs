@@ -10,6 +10,7 @@ pub mod adapter;
 /// Helpers for adapters that translate OpenAI requests to another provider's format.
 #[cfg(feature = "adapter")]
 pub mod openai;
+pub mod raw;
 #[cfg(feature = "strategy")]
 pub mod strategy;
 

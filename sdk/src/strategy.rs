@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(decimal(7.6, 0), "8");
         assert_eq!(decimal(f64::NAN, 3), "NaN");
         assert_eq!(decimal(1e300, 3), format!("{}", 1e300));
-        for x in [0.0, 1.5, 3.14159, 99.999, 12345.678] {
+        for x in [0.0, 1.5, 3.14259, 99.999, 12345.678] {
             assert_eq!(decimal(x, 3), format!("{x:.3}"), "{x}");
         }
     }

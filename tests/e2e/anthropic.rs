@@ -283,7 +283,11 @@ fn malformed_requests_called_directly_get_precise_errors() {
         ("[1]", "the request body is not a JSON object"),
         (r#"{"model": "m"}"#, "`messages` must be an array"),
         (r#"{"messages": "hi"}"#, "`messages` must be an array"),
-        (r#"{"messages": [5]}"#, "messages[0]: unsupported role ``"),
+        (r#"{"messages": [5]}"#, "messages[0] must be an object"),
+        (
+            r#"{"messages": [{"role": "user", "content": "x"}, null]}"#,
+            "messages[1] must be an object",
+        ),
         (
             r#"{"messages": [{"role": "user", "content": "x"}, {"role": 7}]}"#,
             "messages[1]: unsupported role ``",

@@ -11,7 +11,6 @@
 //! - `headers: {name: value}` — extra headers (`anthropic-beta`, …).
 
 mod errors;
-mod raw;
 mod request;
 mod response;
 mod stream;

@@ -6,12 +6,11 @@ use std::fmt;
 use smart_router_sdk::json::value::RawValue;
 use smart_router_sdk::json::{self, Map, Value, json};
 use smart_router_sdk::openai::{function_tools, push_turn, text_of};
+use smart_router_sdk::raw::{Members, is_string, string, tree};
 use smart_router_sdk::serde::de::{
     self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor,
 };
 use smart_router_sdk::{Auth, ErrorClass, HttpRequest, ProviderError, RequestContext};
-
-use crate::raw::{Members, is_string, string, tree};
 
 const DEFAULT_VERSION: &str = "2023-06-01";
 const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -30,14 +29,13 @@ enum Block<'a> {
 }
 
 pub fn translate(ctx: &RequestContext, body: &str) -> Result<HttpRequest, ProviderError> {
-    // One pass over the body for a well-formed request; a second, member by member, only to say
-    // what is wrong with one that is not.
-    let (messages, top) = match json::from_str::<Request<'_>>(body) {
-        Ok(Request {
-            messages: Some(messages),
-            rest,
-        }) => (messages, rest),
-        _ => member_by_member(body)?,
+    // One pass over the body; a second only to say what is wrong with one it cannot read.
+    let Ok(Request {
+        messages: Some(messages),
+        rest: top,
+    }) = json::from_str::<Request<'_>>(body)
+    else {
+        return Err(refusal(body));
     };
     let (system, turns) = convert_messages(&messages)?;
     // Everything but the conversation is small: read it as values.
@@ -62,7 +60,7 @@ pub fn translate(ctx: &RequestContext, body: &str) -> Result<HttpRequest, Provid
                     out.extend_from_slice(text.get().as_bytes());
                     out.push(b'}');
                 }
-                Block::Built(v) => out.extend_from_slice(v.to_string().as_bytes()),
+                Block::Built(v) => write(&mut out, v)?,
             }
         }
         out.extend_from_slice(b"]}");
@@ -72,10 +70,10 @@ pub fn translate(ctx: &RequestContext, body: &str) -> Result<HttpRequest, Provid
         out.extend_from_slice(br#","system":"#);
         out.extend_from_slice(system.as_bytes());
     }
-    // `rest` is an object holding at least `model`: its members follow, after its `{`.
-    let rest = rest.to_string();
-    out.push(b',');
-    out.extend_from_slice(&rest.as_bytes()[1..]);
+    // `rest` is an object holding at least `model`: its members follow, its `{` made a `,`.
+    let opening = out.len();
+    write(&mut out, &rest)?;
+    out[opening] = b',';
     let options: Value = json::from_str(&ctx.options).unwrap_or(Value::Null);
     let version = options
         .get("anthropic_version")
@@ -193,33 +191,26 @@ impl<'de> Deserialize<'de> for Message<'de> {
     }
 }
 
-/// A member of `m` unless it is absent or `null`.
-fn present<'a>(m: &Members<'a>, k: &str) -> Option<&'a RawValue> {
-    m.get(k).copied().filter(|v| v.get() != "null")
+/// What is wrong with a request the single pass could not read.
+fn refusal(body: &str) -> ProviderError {
+    let Ok(top) = json::from_str::<Members<'_>>(body) else {
+        return bad("the request body is not a JSON object");
+    };
+    let messages = top
+        .get("messages")
+        .and_then(|m| json::from_str::<Vec<&RawValue>>(m.get()).ok());
+    let Some(messages) = messages else {
+        return bad("`messages` must be an array");
+    };
+    match messages.iter().position(|m| !m.get().starts_with('{')) {
+        Some(i) => bad(format!("messages[{i}] must be an object")),
+        None => bad("the request body could not be read"),
+    }
 }
 
-/// The request read member by member: the error a malformed one deserves, or its messages (a
-/// message that is not an object reads as one without a role, refused as such).
-fn member_by_member(body: &str) -> Result<(Vec<Message<'_>>, Members<'_>), ProviderError> {
-    let mut top: Members<'_> =
-        json::from_str(body).map_err(|_| bad("the request body is not a JSON object"))?;
-    let messages: Vec<&RawValue> = top
-        .remove("messages")
-        .and_then(|m| json::from_str(m.get()).ok())
-        .ok_or_else(|| bad("`messages` must be an array"))?;
-    let messages = messages
-        .iter()
-        .map(|raw| {
-            let m: Members<'_> = json::from_str(raw.get()).unwrap_or_default();
-            Message {
-                role: present(&m, "role"),
-                content: present(&m, "content"),
-                tool_calls: present(&m, "tool_calls"),
-                tool_call_id: present(&m, "tool_call_id"),
-            }
-        })
-        .collect();
-    Ok((messages, top))
+/// Appends `v` as JSON.
+fn write(out: &mut Vec<u8>, v: &Value) -> Result<(), ProviderError> {
+    json::to_writer(out, v).map_err(|e| bad(format!("cannot write the request: {e}")))
 }
 
 /// The Messages API body apart from `messages` and `system`.

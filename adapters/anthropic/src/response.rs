@@ -5,7 +5,7 @@ use smart_router_sdk::json::{self, Value, json};
 use smart_router_sdk::{ChatResponse, ErrorClass, ProviderError, RequestContext, Usage};
 
 use crate::errors;
-use crate::raw::{Members, is_string, string, tree};
+use smart_router_sdk::raw::{Members, is_string, string, tree};
 
 /// Anthropic's token counts, kept as reported.
 #[derive(Clone, Copy, Debug, Default)]

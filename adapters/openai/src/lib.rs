@@ -11,10 +11,9 @@
 
 mod errors;
 
-use std::collections::BTreeMap;
-
 use smart_router_sdk::json::value::RawValue;
 use smart_router_sdk::json::{Map, Value};
+use smart_router_sdk::raw::{Members, tree};
 use smart_router_sdk::{
     Adapter, Auth, ChatResponse, ErrorClass, HttpRequest, ProviderError, RequestContext, SseEvent,
     StreamOutput, StreamTranslator, Usage, export_adapter,
@@ -36,10 +35,6 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ProviderError> {
     }
 }
 
-/// A JSON object's members, each value kept as its raw text (validated, not built): the
-/// adapter looks at a few top-level members and passes everything else on as it came.
-type Members<'a> = BTreeMap<String, &'a RawValue>;
-
 fn members(body: &[u8]) -> Result<Members<'_>, ProviderError> {
     let invalid = |e: smart_router_sdk::json::Error| {
         ProviderError::new(
@@ -60,10 +55,9 @@ fn members(body: &[u8]) -> Result<Members<'_>, ProviderError> {
     }
 }
 
-/// A member's value, built (for the few small ones the adapter reads).
+/// A member's value, built (for the few small ones the adapter reads; `null` when absent).
 fn value(raw: Option<&&RawValue>) -> Value {
-    raw.and_then(|r| smart_router_sdk::json::from_str(r.get()).ok())
-        .unwrap_or(Value::Null)
+    raw.map_or(Value::Null, |r| tree(r))
 }
 
 /// A successful answer, checked and passed through unchanged (every field the provider sent
