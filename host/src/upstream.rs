@@ -35,6 +35,7 @@ pub enum UpstreamError {
 /// Status, headers and a body stream.
 pub struct UpstreamResponse {
     pub status: u16,
+    /// The response's headers when it is not a success (empty for a 2xx).
     pub headers: Vec<(String, String)>,
     pub body: BodyStream,
 }
@@ -149,15 +150,20 @@ impl Upstream {
             Ok(Ok(resp)) => resp,
         };
         let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| {
-                v.to_str()
-                    .ok()
-                    .map(|v| (k.as_str().to_string(), v.to_string()))
-            })
-            .collect();
+        // Only an error's headers are read (by the adapter's `classify-error`): a success's
+        // (a score of them from most providers) are not copied.
+        let headers = if resp.status().is_success() {
+            Vec::new()
+        } else {
+            resp.headers()
+                .iter()
+                .filter_map(|(k, v)| {
+                    v.to_str()
+                        .ok()
+                        .map(|v| (k.as_str().to_string(), v.to_string()))
+                })
+                .collect()
+        };
         let body = resp.bytes_stream().map(|r| {
             r.map_err(|e| {
                 if e.is_timeout() {

@@ -80,7 +80,11 @@ fn passed_through(status: u16, body: &[u8], required: &str) -> Result<ChatRespon
         ));
     }
     Ok(ChatResponse {
-        body: String::from_utf8_lossy(body).into_owned(),
+        // `from_utf8` checks ASCII a word at a time; the lossy form walks byte by byte.
+        body: match std::str::from_utf8(body) {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(body).into_owned(),
+        },
         usage: usage_of(&value(top.get("usage"))),
     })
 }

@@ -178,29 +178,58 @@ fn frame(chunks: &[String]) -> Bytes {
 }
 
 /// True when a chunk has something for the client: text, a tool call, reasoning, a refusal, a
-/// finish reason or usage — anything but an empty opening delta.
+/// finish reason or usage — anything but an empty opening delta. Read without building the chunk:
+/// only the fields looked at are visited, and their values stay the chunk's own text.
 fn carries_output(chunk: &str) -> bool {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(chunk) else {
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    struct Chunk<'a> {
+        #[serde(borrow, default)]
+        usage: Option<&'a RawValue>,
+        #[serde(borrow)]
+        choices: Option<Vec<Choice<'a>>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Choice<'a> {
+        #[serde(borrow, default)]
+        finish_reason: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        delta: Option<Delta<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Delta<'a> {
+        #[serde(borrow, default)]
+        content: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        tool_calls: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        reasoning_content: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        refusal: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        function_call: Option<&'a RawValue>,
+    }
+    // `null` reads as `None`; an empty string is no output either.
+    let some = |v: Option<&RawValue>| v.is_some_and(|v| v.get() != "\"\"");
+    // Anything unexpected is sent at once rather than held.
+    let Ok(c) = serde_json::from_str::<Chunk<'_>>(chunk) else {
         return true;
     };
-    if v.get("usage").is_some_and(|u| !u.is_null()) {
+    if c.usage.is_some() {
         return true;
     }
-    let Some(choices) = v.get("choices").and_then(|c| c.as_array()) else {
+    let Some(choices) = c.choices else {
         return true;
     };
     choices.iter().any(|c| {
-        let d = &c["delta"];
-        let nonempty = |k: &str| {
-            d.get(k)
-                .is_some_and(|x| !x.is_null() && x.as_str() != Some(""))
-        };
-        !c["finish_reason"].is_null()
-            || nonempty("content")
-            || nonempty("tool_calls")
-            || nonempty("reasoning_content")
-            || nonempty("refusal")
-            || nonempty("function_call")
+        c.finish_reason.is_some()
+            || c.delta.as_ref().is_some_and(|d| {
+                some(d.content)
+                    || some(d.tool_calls)
+                    || some(d.reasoning_content)
+                    || some(d.refusal)
+                    || some(d.function_call)
+            })
     })
 }
 
@@ -374,4 +403,39 @@ async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, gu
     }
     drop(guard);
     drop(tx);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::carries_output;
+
+    #[test]
+    fn only_an_empty_opening_delta_is_held_back() {
+        let held = [
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#,
+            r#"{"id":"x","choices":[{"delta":{"content":null,"tool_calls":null}}],"usage":null}"#,
+            r#"{"choices":[{"delta":{}}]}"#,
+            r#"{"choices":[]}"#,
+        ];
+        for chunk in held {
+            assert!(!carries_output(chunk), "{chunk}");
+        }
+        let sent = [
+            r#"{"choices":[{"delta":{"content":"Hi"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"\"\""}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_1"}]}}]}"#,
+            r#"{"choices":[{"delta":{"reasoning_content":"hm"}}]}"#,
+            r#"{"choices":[{"delta":{"refusal":"no"}}]}"#,
+            r#"{"choices":[{"delta":{"function_call":{"name":"f"}}}]}"#,
+            r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":1}}"#,
+            r#"{"object":"chat.completion.chunk"}"#,
+            r#"{"choices":{"delta":{}}}"#,
+            r#"not json"#,
+        ];
+        for chunk in sent {
+            assert!(carries_output(chunk), "{chunk}");
+        }
+    }
 }
