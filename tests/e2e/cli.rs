@@ -36,6 +36,39 @@ fn check_accepts_the_example_config() {
         text.lines().last().is_some_and(|l| l.starts_with("ok: ")),
         "{text}"
     );
+    // With the address space to spare, memories get 4 GiB slots (no bounds checks).
+    assert!(!text.contains("cannot be reserved"), "{text}");
+}
+
+/// Under a `ulimit -v` of 4 TiB (4,096 slots of 4 GiB take about 16 TiB), every component still
+/// loads, in slots of the memory cap with bounds checks, and the log says so.
+#[test]
+fn check_falls_back_to_small_memory_slots_under_an_address_space_limit() {
+    let out = Command::new("sh")
+        .current_dir(root())
+        .arg("-c")
+        // `ulimit -v` counts KiB.
+        .arg(format!(
+            "ulimit -v {} && exec \"$0\" check --config config",
+            4u64 << 30
+        ))
+        .arg(bin())
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("component memory slots of 4 GiB cannot be reserved"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ok: strategy `weighted-sort`") && text.contains("ok: adapter `openai`"),
+        "{text}"
+    );
+    assert!(
+        text.lines().last().is_some_and(|l| l.starts_with("ok: ")),
+        "{text}"
+    );
 }
 
 #[test]
