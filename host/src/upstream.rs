@@ -35,7 +35,8 @@ pub enum UpstreamError {
 /// Status, headers and a body stream.
 pub struct UpstreamResponse {
     pub status: u16,
-    /// The response's headers when it is not a success (empty for a 2xx).
+    /// The response's headers. From a real upstream only when it is not a success (only the
+    /// adapter's `classify-error` reads them); the built-in mock always gives its content type.
     pub headers: Vec<(String, String)>,
     pub body: BodyStream,
 }
