@@ -1,5 +1,6 @@
 //! The in-process hot paths, with the built-in components (`cargo xtask build` first):
 //!
+//! - the host's reading of a request body (JSON checked, the facts routing needs);
 //! - a strategy's `rank` call with 8 and 64 candidates (warm instance, as the gateway calls it);
 //! - an adapter's request and response translation for a typical chat request (OpenAI and
 //!   Anthropic formats), a long conversation's request (about 31 KB, as `bench/run.py` sends),
@@ -23,6 +24,7 @@ use smart_router::components::strategy_api::smart_router::gateway::types::{
     Candidate, Endpoint, Health, RequestInfo,
 };
 use smart_router::components::{Kind, Loaded, Runtime, load_bytes};
+use smart_router::router::{Endpoint as RouterEndpoint, request_facts};
 
 fn component(kind: &str, name: &str) -> Vec<u8> {
     let dir = std::env::var_os("SMART_ROUTER_BENCH_COMPONENTS").map_or_else(
@@ -253,11 +255,23 @@ fn loading(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The host's own reading of a request body: JSON checked, model and needs read off it.
+fn request_reading(c: &mut Criterion) {
+    let mut group = c.benchmark_group("request_facts");
+    let long = long_conversation();
+    for (name, body) in [("typical", CHAT), ("31k", long.as_str())] {
+        group.bench_function(name, |b| {
+            b.iter(|| request_facts(black_box(body), RouterEndpoint::Chat).expect("facts"))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = strategies, adapters, loading
+    targets = request_reading, strategies, adapters, loading
 }
 criterion_main!(benches);

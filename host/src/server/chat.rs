@@ -8,13 +8,12 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
 use super::auth::Caller;
 use super::error::ApiError;
 use crate::app::{App, Counters};
 use crate::proxy::{Failure, RequestScope, attempt};
-use crate::router::{Endpoint, Facts, embeddings_facts, facts, plan};
+use crate::router::{Endpoint, Facts, plan, request_facts};
 use crate::stats::now_ms;
 use crate::store::UsageRecord;
 
@@ -71,18 +70,7 @@ async fn handle(
     })?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("The request body is not valid UTF-8."))?;
-    let json: Value = serde_json::from_str(text).map_err(|e| {
-        ApiError::invalid(format!(
-            "We could not parse the JSON body of your request: {e}"
-        ))
-    })?;
-    let Value::Object(obj) = json else {
-        return Err(ApiError::invalid("The request body must be a JSON object."));
-    };
-    let facts = match endpoint {
-        Endpoint::Chat => facts(&obj)?,
-        Endpoint::Embeddings => embeddings_facts(&obj)?,
-    };
+    let facts = request_facts(text, endpoint)?;
     if !caller.may_use(&facts.model) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
