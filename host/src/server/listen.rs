@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -202,9 +202,10 @@ async fn run_worker(
 ) {
     let tracked = Arc::new(Tracked::default());
     TRACKED.with_borrow_mut(|t| *t = Some(tracked.clone()));
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only, served by hyper's own connection type: no protocol sniffing on each new
+    // connection, and no rewind layer under every later read.
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .max_headers(100);
@@ -230,8 +231,8 @@ async fn run_worker(
             }
         };
         let service = TowerToHyperService::new(router.clone());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-        let conn = graceful.watch(conn.into_owned());
+        let conn = builder.serve_connection(TokioIo::new(tcp), service);
+        let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
             drop(counted);
