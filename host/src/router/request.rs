@@ -257,23 +257,33 @@ macro_rules! otherwise {
     };
 }
 
+/// `impl Deserialize for $ty` through a visitor made of `$methods`, which asks the parser for
+/// `$how` (`deserialize_any`, or `deserialize_map` for the body itself).
+macro_rules! visited {
+    ($ty:ty, $what:literal, $how:ident, { $($methods:tt)* }) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str($what)
+                    }
+                    $($methods)*
+                }
+                d.$how(V)
+            }
+        }
+    };
+}
+
 /// Any JSON value, checked and dropped (unlike `IgnoredAny`, numbers are checked for range and
 /// strings for escapes, as a full parse checks them).
 struct Valid;
 
-impl<'de> Deserialize<'de> for Valid {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Valid;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            otherwise!(Valid; bool, i64, u64, f64, str, unit, seq, map);
-        }
-        d.deserialize_any(V)
-    }
-}
+visited!(Valid, "any JSON value", deserialize_any, {
+    otherwise!(Valid; bool, i64, u64, f64, str, unit, seq, map);
+});
 
 /// The next member's name as an index into `names` (`N` for any other name), read without
 /// copying it.
@@ -312,87 +322,66 @@ const BODY_MEMBERS: [&str; 9] = [
     "input",
 ];
 
-impl<'de> Deserialize<'de> for Body {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Body;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
-                let mut b = Body::default();
-                while let Some(i) = key(&mut map, &BODY_MEMBERS)? {
-                    let slot = match i {
-                        0 => &mut b.model,
-                        1 => {
-                            b.messages = Some(map.next_value()?);
-                            continue;
-                        }
-                        2 => &mut b.stream,
-                        3 => &mut b.max_tokens,
-                        4 => &mut b.max_completion_tokens,
-                        5 => &mut b.tools,
-                        6 => &mut b.response_format,
-                        7 => &mut b.stream_options,
-                        8 => &mut b.input,
-                        _ => {
-                            map.next_value::<Valid>()?;
-                            continue;
-                        }
-                    };
-                    *slot = Some(map.next_value()?);
+visited!(Body, "a JSON object", deserialize_map, {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+        let mut b = Body::default();
+        while let Some(i) = key(&mut map, &BODY_MEMBERS)? {
+            let slot = match i {
+                0 => &mut b.model,
+                1 => {
+                    b.messages = Some(map.next_value()?);
+                    continue;
                 }
-                Ok(b)
-            }
+                2 => &mut b.stream,
+                3 => &mut b.max_tokens,
+                4 => &mut b.max_completion_tokens,
+                5 => &mut b.tools,
+                6 => &mut b.response_format,
+                7 => &mut b.stream_options,
+                8 => &mut b.input,
+                _ => {
+                    map.next_value::<Valid>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value()?);
         }
-        d.deserialize_map(V)
+        Ok(b)
     }
-}
+});
 
-impl<'de> Deserialize<'de> for Messages {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Messages;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of messages")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Messages, A::Error> {
-                let (mut count, mut text_bytes, mut needs_vision, mut problem) =
-                    (0, 0, false, None);
-                while let Some(m) = seq.next_element::<Message>()? {
-                    match m {
-                        Message::Object {
-                            role_is_string,
-                            text,
-                            vision,
-                        } => {
-                            if !role_is_string && problem.is_none() {
-                                problem = Some(format!("messages[{count}].role must be a string"));
-                            }
-                            text_bytes += text;
-                            needs_vision |= vision;
-                        }
-                        Message::NotObject if problem.is_none() => {
-                            problem = Some(format!("messages[{count}] must be an object"));
-                        }
-                        Message::NotObject => {}
+visited!(Messages, "a list of messages", deserialize_any, {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Messages, A::Error> {
+        let (mut count, mut text_bytes, mut needs_vision, mut problem) = (0, 0, false, None);
+        while let Some(m) = seq.next_element::<Message>()? {
+            match m {
+                Message::Object {
+                    role_is_string,
+                    text,
+                    vision,
+                } => {
+                    if !role_is_string && problem.is_none() {
+                        problem = Some(format!("messages[{count}].role must be a string"));
                     }
-                    count += 1;
+                    text_bytes += text;
+                    needs_vision |= vision;
                 }
-                Ok(Messages::List {
-                    count,
-                    text_bytes,
-                    needs_vision,
-                    problem,
-                })
+                Message::NotObject if problem.is_none() => {
+                    problem = Some(format!("messages[{count}] must be an object"));
+                }
+                Message::NotObject => {}
             }
-            otherwise!(Messages::NotArray; bool, i64, u64, f64, str, unit, map);
+            count += 1;
         }
-        d.deserialize_any(V)
+        Ok(Messages::List {
+            count,
+            text_bytes,
+            needs_vision,
+            problem,
+        })
     }
-}
+    otherwise!(Messages::NotArray; bool, i64, u64, f64, str, unit, map);
+});
 
 /// One message: whether its role is a string, and its text's length in bytes once decoded
 /// (the content's text, and its tool calls as compact JSON).
@@ -407,38 +396,28 @@ enum Message {
 
 const MESSAGE_MEMBERS: [&str; 3] = ["role", "content", "tool_calls"];
 
-impl<'de> Deserialize<'de> for Message {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Message;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a message")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
-                let (mut role_is_string, mut content, mut calls) = (false, Content::default(), 0);
-                while let Some(i) = key(&mut map, &MESSAGE_MEMBERS)? {
-                    match i {
-                        0 => role_is_string = map.next_value::<Kind>()?.0 == JsonKind::String,
-                        1 => content = map.next_value()?,
-                        // Measured as compact JSON (`null` included), as the tree was.
-                        2 => calls = map.next_value::<Value>()?.to_string().len(),
-                        _ => {
-                            map.next_value::<Valid>()?;
-                        }
-                    }
+visited!(Message, "a message", deserialize_any, {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
+        let (mut role_is_string, mut content, mut calls) = (false, Content::default(), 0);
+        while let Some(i) = key(&mut map, &MESSAGE_MEMBERS)? {
+            match i {
+                0 => role_is_string = map.next_value::<Kind>()?.0 == JsonKind::String,
+                1 => content = map.next_value()?,
+                // Measured as compact JSON (`null` included), as the tree was.
+                2 => calls = map.next_value::<Value>()?.to_string().len(),
+                _ => {
+                    map.next_value::<Valid>()?;
                 }
-                Ok(Message::Object {
-                    role_is_string,
-                    text: content.text + calls,
-                    vision: content.vision,
-                })
             }
-            otherwise!(Message::NotObject; bool, i64, u64, f64, str, unit, seq);
         }
-        d.deserialize_any(V)
+        Ok(Message::Object {
+            role_is_string,
+            text: content.text + calls,
+            vision: content.vision,
+        })
     }
-}
+    otherwise!(Message::NotObject; bool, i64, u64, f64, str, unit, seq);
+});
 
 /// A message's `content`: text bytes (a string, or the `text` of its parts) and whether a part
 /// is an image.
@@ -448,36 +427,26 @@ struct Content {
     vision: bool,
 }
 
-impl<'de> Deserialize<'de> for Content {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Content;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("message content")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Content, E> {
-                Ok(Content {
-                    text: s.len(),
-                    vision: false,
-                })
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
-                let mut c = Content::default();
-                while let Some(part) = seq.next_element::<Part>()? {
-                    if part.image {
-                        c.vision = true;
-                    } else {
-                        c.text += part.text;
-                    }
-                }
-                Ok(c)
-            }
-            otherwise!(Content::default(); bool, i64, u64, f64, unit, map);
-        }
-        d.deserialize_any(V)
+visited!(Content, "message content", deserialize_any, {
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Content, E> {
+        Ok(Content {
+            text: s.len(),
+            vision: false,
+        })
     }
-}
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
+        let mut c = Content::default();
+        while let Some(part) = seq.next_element::<Part>()? {
+            if part.image {
+                c.vision = true;
+            } else {
+                c.text += part.text;
+            }
+        }
+        Ok(c)
+    }
+    otherwise!(Content::default(); bool, i64, u64, f64, unit, map);
+});
 
 /// One part of a message's content: an image (`image_url`, `input_image`), or its text's length.
 #[derive(Default)]
@@ -488,32 +457,22 @@ struct Part {
 
 const PART_MEMBERS: [&str; 2] = ["type", "text"];
 
-impl<'de> Deserialize<'de> for Part {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Part;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a content part")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Part, A::Error> {
-                let mut p = Part::default();
-                while let Some(i) = key(&mut map, &PART_MEMBERS)? {
-                    match i {
-                        0 => p.image = map.next_value::<ImageType>()?.0,
-                        1 => p.text = map.next_value::<Kind>()?.1,
-                        _ => {
-                            map.next_value::<Valid>()?;
-                        }
-                    }
+visited!(Part, "a content part", deserialize_any, {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Part, A::Error> {
+        let mut p = Part::default();
+        while let Some(i) = key(&mut map, &PART_MEMBERS)? {
+            match i {
+                0 => p.image = map.next_value::<ImageType>()?.0,
+                1 => p.text = map.next_value::<Kind>()?.1,
+                _ => {
+                    map.next_value::<Valid>()?;
                 }
-                Ok(p)
             }
-            otherwise!(Part::default(); bool, i64, u64, f64, str, unit, seq);
         }
-        d.deserialize_any(V)
+        Ok(p)
     }
-}
+    otherwise!(Part::default(); bool, i64, u64, f64, str, unit, seq);
+});
 
 #[derive(PartialEq, Eq)]
 enum JsonKind {
@@ -524,42 +483,22 @@ enum JsonKind {
 /// Whether a value is a string, and the string's length in bytes once decoded (0 otherwise).
 struct Kind(JsonKind, usize);
 
-impl<'de> Deserialize<'de> for Kind {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Kind;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Kind, E> {
-                Ok(Kind(JsonKind::String, s.len()))
-            }
-            otherwise!(Kind(JsonKind::Other, 0); bool, i64, u64, f64, unit, seq, map);
-        }
-        d.deserialize_any(V)
+visited!(Kind, "any JSON value", deserialize_any, {
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Kind, E> {
+        Ok(Kind(JsonKind::String, s.len()))
     }
-}
+    otherwise!(Kind(JsonKind::Other, 0); bool, i64, u64, f64, unit, seq, map);
+});
 
 /// Whether a part's `type` names an image.
 struct ImageType(bool);
 
-impl<'de> Deserialize<'de> for ImageType {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ImageType;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a part type")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<ImageType, E> {
-                Ok(ImageType(matches!(s, "image_url" | "input_image")))
-            }
-            otherwise!(ImageType(false); bool, i64, u64, f64, unit, seq, map);
-        }
-        d.deserialize_any(V)
+visited!(ImageType, "a part type", deserialize_any, {
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<ImageType, E> {
+        Ok(ImageType(matches!(s, "image_url" | "input_image")))
     }
-}
+    otherwise!(ImageType(false); bool, i64, u64, f64, unit, seq, map);
+});
 
 #[cfg(test)]
 mod tests {
