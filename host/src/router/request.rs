@@ -401,7 +401,7 @@ visited!(Message, "a message", deserialize_any, {
         let (mut role_is_string, mut content, mut calls) = (false, Content::default(), 0);
         while let Some(i) = key(&mut map, &MESSAGE_MEMBERS)? {
             match i {
-                0 => role_is_string = map.next_value::<Kind>()?.0 == JsonKind::String,
+                0 => role_is_string = map.next_value::<StrLen>()?.0.is_some(),
                 1 => content = map.next_value()?,
                 // Measured as compact JSON (`null` included), as the tree was.
                 2 => calls = map.next_value::<Value>()?.to_string().len(),
@@ -463,7 +463,7 @@ visited!(Part, "a content part", deserialize_any, {
         while let Some(i) = key(&mut map, &PART_MEMBERS)? {
             match i {
                 0 => p.image = map.next_value::<ImageType>()?.0,
-                1 => p.text = map.next_value::<Kind>()?.1,
+                1 => p.text = map.next_value::<StrLen>()?.0.unwrap_or(0),
                 _ => {
                     map.next_value::<Valid>()?;
                 }
@@ -474,20 +474,14 @@ visited!(Part, "a content part", deserialize_any, {
     otherwise!(Part::default(); bool, i64, u64, f64, str, unit, seq);
 });
 
-#[derive(PartialEq, Eq)]
-enum JsonKind {
-    String,
-    Other,
-}
+/// A string's length in bytes once decoded; `None` for any other kind of value.
+struct StrLen(Option<usize>);
 
-/// Whether a value is a string, and the string's length in bytes once decoded (0 otherwise).
-struct Kind(JsonKind, usize);
-
-visited!(Kind, "any JSON value", deserialize_any, {
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Kind, E> {
-        Ok(Kind(JsonKind::String, s.len()))
+visited!(StrLen, "any JSON value", deserialize_any, {
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<StrLen, E> {
+        Ok(StrLen(Some(s.len())))
     }
-    otherwise!(Kind(JsonKind::Other, 0); bool, i64, u64, f64, unit, seq, map);
+    otherwise!(StrLen(None); bool, i64, u64, f64, unit, seq, map);
 });
 
 /// Whether a part's `type` names an image.
