@@ -265,9 +265,12 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let router = crate::server::router(app.clone(), max_body);
     let connections = app.connections.clone();
     let (shutdown, stop) = oneshot::channel::<()>();
+    let live = app.clone();
     let server = tokio::spawn(async move {
         crate::server::serve(listener, router, header_timeout, connections, async move {
             let _ = stop.await;
+            // The grace period in force when the shutdown begins (a reload may have changed it).
+            live.config.load().system.shutdown_grace
         })
         .await;
     });

@@ -65,6 +65,8 @@ pub struct System {
     pub listen: Option<String>,
     pub max_body_bytes: usize,
     pub header_read_timeout: Duration,
+    /// How long a shutdown waits for in-flight requests before cutting them off.
+    pub shutdown_grace: Duration,
     pub components_dir: PathBuf,
     pub component_timeout: Duration,
     pub component_memory_bytes: usize,

@@ -241,13 +241,20 @@ pub async fn attempt(
     };
     let guard = stats.enter();
     let first_byte = scope.cfg.system.first_byte_timeout;
+    // A shutdown whose grace period runs out stops the wait; the attempt still gets its row.
+    let cutoff = crate::server::cutoff();
+    let mut cut = std::pin::pin!(cutoff.wait());
     let waiting = Instant::now();
-    let sent = scope
-        .app
-        .upstream
-        .send(&att.provider, http, first_byte)
-        .await;
+    let sent = tokio::select! {
+        biased;
+        () = &mut cut => None,
+        sent = scope.app.upstream.send(&att.provider, http, first_byte) => Some(sent),
+    };
     scope.waited(waiting);
+    let Some(sent) = sent else {
+        att.cut_off(0, None, None).await;
+        return Err(Failure::Fatal(ApiError::shutting_down()));
+    };
     let resp = match sent {
         Ok(r) => r,
         Err(UpstreamError::InvalidRequest(why)) => {
@@ -291,8 +298,16 @@ pub async fn attempt(
         return stream::start(att, session, ctx, resp, guard).await;
     }
     let waiting = Instant::now();
-    let body = read_body(resp.body, scope.cfg.system.max_response_bytes).await;
+    let body = tokio::select! {
+        biased;
+        () = &mut cut => None,
+        body = read_body(resp.body, scope.cfg.system.max_response_bytes) => Some(body),
+    };
     scope.waited(waiting);
+    let Some(body) = body else {
+        att.cut_off(resp.status, None, None).await;
+        return Err(Failure::Fatal(ApiError::shutting_down()));
+    };
     let body = match body {
         Ok(b) => b,
         Err(e) => {

@@ -6,7 +6,9 @@ mod chat;
 pub mod error;
 mod listen;
 
-pub use listen::{Connections, connections, current_worker, default_workers, serve, spawn_tracked};
+pub use listen::{
+    Connections, Cutoff, connections, current_worker, cutoff, default_workers, serve, spawn_tracked,
+};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

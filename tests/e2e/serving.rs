@@ -142,3 +142,133 @@ async fn a_client_leaving_a_silent_stream_is_recorded_at_once_and_shutdown_compl
         .await
         .expect("shutdown completes");
 }
+
+/// A gateway on `mock`'s model `m` whose shutdown gives in-flight work `grace_secs`; the upstream
+/// waits are long enough that only the cutoff can end them.
+async fn with_grace(mock: &MockUpstream, grace_secs: u64) -> Gateway {
+    Gateway::builder()
+        .providers(&one_channel(mock))
+        .system(&format!(
+            "components_dir: components\nserver:\n  shutdown_grace_secs: {grace_secs}\nupstream:\n  first_byte_timeout_secs: 600\n  timeout_secs: 600\n"
+        ))
+        .start()
+        .await
+}
+
+/// Sends a non-streaming request to `m` in the background; resolves once the upstream has it.
+async fn in_flight(
+    gw: &Gateway,
+    mock: &MockUpstream,
+) -> tokio::task::JoinHandle<(u16, Option<String>, serde_json::Value)> {
+    let (client, url) = (gw.client.clone(), gw.url("/v1/chat/completions"));
+    let request = tokio::spawn(async move {
+        let resp = client
+            .post(url)
+            .bearer_auth(smart_router_tests::gateway::KEY)
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .expect("send");
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().expect("ascii").to_string());
+        (status, retry_after, resp.json().await.expect("a JSON body"))
+    });
+    let arrived = gw
+        .eventually(Duration::from_secs(10), || async {
+            !mock.calls("m").is_empty()
+        })
+        .await;
+    assert!(arrived, "the upstream received the request");
+    request
+}
+
+#[tokio::test]
+async fn a_shutdown_lets_a_request_finish_within_its_grace_period() {
+    let mock = MockUpstream::start().await;
+    mock.set(
+        "m",
+        smart_router_tests::Behaviour::Slow(Duration::from_millis(1500)),
+    );
+    let mut gw = with_grace(&mock, 30).await;
+    let request = in_flight(&gw, &mock).await;
+    gw.stop().await;
+    let (status, _, body) = request.await.expect("task");
+    assert_eq!(status, 200, "{body}");
+    let rows = gw
+        .rows("SELECT outcome FROM usage WHERE error_class IS NULL")
+        .await;
+    assert_eq!(rows.len(), 1, "one success row");
+}
+
+#[tokio::test]
+async fn a_shutdown_cuts_off_a_request_still_waiting_when_its_grace_period_ends() {
+    use sqlx::Row;
+    let mock = MockUpstream::start().await;
+    mock.set("m", smart_router_tests::Behaviour::Hang);
+    let mut gw = with_grace(&mock, 1).await;
+    let request = in_flight(&gw, &mock).await;
+    // The upstream never answers and its timeouts are ten minutes: only the cutoff ends this.
+    tokio::time::timeout(Duration::from_secs(30), gw.stop())
+        .await
+        .expect("shutdown completes once the grace period is over");
+    let (status, retry_after, body) = request.await.expect("task");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "gateway_shutting_down", "{body}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    let rows = gw
+        .rows("SELECT outcome, error_class, channel_id, status FROM usage")
+        .await;
+    assert_eq!(rows.len(), 1, "the cut-off attempt has its row");
+    assert_eq!(rows[0].get::<String, _>("outcome"), "error");
+    assert_eq!(rows[0].get::<String, _>("error_class"), "shutdown");
+    assert_eq!(rows[0].get::<String, _>("channel_id"), "up/m");
+    // A shutdown is not the channel's fault: it is not counted as an upstream failure.
+    let failures = &gw.app.counters.upstream_failures;
+    assert_eq!(failures.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_shutdown_cuts_off_a_silent_stream_telling_the_client_and_recording_it() {
+    use sqlx::Row;
+    let mock = MockUpstream::start().await;
+    mock.set("m", smart_router_tests::Behaviour::StallAfter(2));
+    let mut gw = with_grace(&mock, 1).await;
+    let mut resp = gw
+        .chat(
+            json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("from") {
+        let chunk = resp.chunk().await.expect("read").expect("more chunks");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // The client keeps reading; the upstream is silent for good.
+    let rest = tokio::spawn(async move {
+        let mut rest = String::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            rest.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        rest
+    });
+    tokio::time::timeout(Duration::from_secs(30), gw.stop())
+        .await
+        .expect("shutdown completes once the grace period is over");
+    let rest = tokio::time::timeout(Duration::from_secs(10), rest)
+        .await
+        .expect("the stream ends")
+        .expect("task");
+    assert!(rest.contains("gateway_shutting_down"), "{rest}");
+    let rows = gw
+        .rows("SELECT outcome, error_class, is_stream, ttft_ms FROM usage")
+        .await;
+    assert_eq!(rows.len(), 1, "the stream has its row");
+    assert_eq!(rows[0].get::<String, _>("outcome"), "error");
+    assert_eq!(rows[0].get::<String, _>("error_class"), "shutdown");
+    assert_eq!(rows[0].get::<i64, _>("is_stream"), 1);
+    assert!(rows[0].get::<Option<i64>, _>("ttft_ms").is_some());
+}

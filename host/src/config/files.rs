@@ -288,6 +288,11 @@ pub struct ServerSection {
     /// A client must send its request headers within this many seconds (default 10).
     #[serde(default)]
     pub header_read_timeout_secs: Option<u64>,
+    /// On shutdown, how many seconds in-flight requests and streams get to finish (default 25,
+    /// under the 30 a container orchestrator usually waits). Then they are cut off: each gets
+    /// a `gateway_shutting_down` error and its usage row.
+    #[serde(default)]
+    pub shutdown_grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -318,6 +318,7 @@ fn system(dir: &Path, f: SystemFile) -> Result<System, ConfigError> {
         header_read_timeout: Duration::from_secs(
             f.server.header_read_timeout_secs.unwrap_or(10).max(1),
         ),
+        shutdown_grace: Duration::from_secs(f.server.shutdown_grace_secs.unwrap_or(25)),
         components_dir,
         component_timeout: Duration::from_millis(timeout_ms),
         component_memory_bytes: (f.components.memory_limit_mb.unwrap_or(64) as usize) << 20,

@@ -13,6 +13,9 @@ use crate::components::adapter_api::exports::smart_router::gateway::translation:
 use crate::stats::now_ms;
 use crate::store::UsageRecord;
 
+/// The error class of an attempt cut off by the shutdown.
+pub(super) const SHUTDOWN: &str = "shutdown";
+
 impl Attempt {
     /// Adds the gateway's response headers.
     pub fn tag(&self, response: &mut Response) {
@@ -131,6 +134,20 @@ impl Attempt {
             Some(redact(message, &self.provider)),
             usage,
             None,
+        );
+        self.scope.app.usage.record(rec).await;
+    }
+
+    /// The shutdown's grace period ran out during this attempt: its usage row, with what was
+    /// used so far. Not the channel's fault, so its health is left alone.
+    pub(super) async fn cut_off(&self, status: u16, usage: Option<&Usage>, ttft_ms: Option<u64>) {
+        let rec = self.record(
+            status,
+            "error",
+            Some(SHUTDOWN),
+            Some("the gateway shut down before the attempt finished".into()),
+            usage,
+            ttft_ms,
         );
         self.scope.app.usage.record(rec).await;
     }

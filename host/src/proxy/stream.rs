@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use super::outcome::SHUTDOWN;
 use super::{Attempt, Failure, Guard, adapter_failed, class_name, retry};
 use crate::app::Counters;
 use crate::components::adapter_api::exports::smart_router::gateway::translation::{
@@ -263,10 +264,20 @@ pub(super) async fn start(
     // Chunks that carry nothing yet (the opening role delta) are held back, so an error right after
     // them can still fail over: nothing has reached the client.
     let mut held: Vec<String> = Vec::new();
+    let cutoff = crate::server::cutoff();
+    let mut cut = std::pin::pin!(cutoff.wait());
     let first = loop {
         let waiting = std::time::Instant::now();
-        let stepped = tokio::time::timeout_at(deadline, pump.step(true)).await;
+        let stepped = tokio::select! {
+            biased;
+            () = &mut cut => None,
+            s = tokio::time::timeout_at(deadline, pump.step(true)) => Some(s),
+        };
         pump.att.scope.waited(waiting);
+        let Some(stepped) = stepped else {
+            pump.att.cut_off(status, None, None).await;
+            return Err(Failure::Fatal(ApiError::shutting_down()));
+        };
         let step = match stepped {
             Ok(s) => s,
             Err(_) => Step::Error {
@@ -346,16 +357,24 @@ pub(super) async fn start(
 
 /// Forwards the rest of the stream, then accounts for it.
 async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, guard: Guard) {
+    // A shutdown whose grace period runs out ends the stream: the client is told, the row written.
+    let cutoff = crate::server::cutoff();
+    let mut cut = std::pin::pin!(cutoff.wait());
     let outcome = loop {
         // A client that leaves is noticed at once, not at the upstream's next chunk.
         let step = tokio::select! {
             s = pump.step(false) => s,
             () = tx.closed() => break Err(("client_closed", "the client disconnected".to_string())),
+            () = &mut cut => break Err((SHUTDOWN, String::new())),
         };
         match step {
             Step::Chunks(c) if c.is_empty() => {}
             Step::Chunks(c) => {
-                if tx.send(frame(&c)).await.is_err() {
+                let sent = tokio::select! {
+                    sent = tx.send(frame(&c)) => sent,
+                    () = &mut cut => break Err((SHUTDOWN, String::new())),
+                };
+                if sent.is_err() {
                     break Err(("client_closed", "the client disconnected".to_string()));
                 }
             }
@@ -382,6 +401,14 @@ async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, gu
         Ok(()) => {
             pump.session.component().streak.success();
             pump.att.succeed(pump.usage, status, Some(ttft)).await
+        }
+        Err((SHUTDOWN, _)) => {
+            // Without waiting on a client that is not reading: the row matters more.
+            let err = ApiError::shutting_down();
+            let _ = tx.try_send(Bytes::from(format!("data: {}\n\n", err.body())));
+            pump.att
+                .cut_off(status, pump.usage.as_ref(), Some(ttft))
+                .await;
         }
         Err(("client_closed", msg)) => {
             let mut rec = pump.att.record(

@@ -83,6 +83,17 @@ impl ApiError {
         )
     }
 
+    /// A request the gateway's shutdown cut off before it finished: safe to retry elsewhere.
+    pub fn shutting_down() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable_error",
+            Some("gateway_shutting_down"),
+            "The gateway shut down before this request finished; retry it.",
+        )
+        .with_retry_after(Some(1))
+    }
+
     pub fn with_retry_after(mut self, secs: Option<u64>) -> Self {
         self.retry_after = secs;
         self

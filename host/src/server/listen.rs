@@ -9,11 +9,14 @@
 //!
 //! Each connection speaks HTTP/1.1 with a header-read timeout (slow clients cannot hold
 //! connections open by dribbling headers) and `TCP_NODELAY`. On shutdown every thread stops
-//! taking connections and lets its in-flight requests and streams finish.
+//! taking connections and lets its in-flight requests and streams finish — for a grace period,
+//! after which they are cut off (see [`Cutoff`]): each still gets its answer (an error) and its
+//! usage row, so a stream that would run for minutes cannot hold a deploy, nor be lost to the
+//! `SIGKILL` that follows.
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -95,6 +98,49 @@ thread_local! {
     static TRACKED: std::cell::RefCell<Option<Arc<Tracked>>> = const { std::cell::RefCell::new(None) };
 }
 
+/// Set when a shutdown's grace period is over: requests still waiting on an upstream stop
+/// waiting, answer the client with an error and write their usage rows. One per serving thread,
+/// so the waiters a request registers take no lock another thread contends for.
+#[derive(Default)]
+pub struct Cutoff {
+    cut: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Cutoff {
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the grace period is over (at once if it already is).
+    pub async fn wait(&self) {
+        // Created before the flag is read: a cut between the two still wakes it.
+        let notified = self.notify.notified();
+        if self.is_cut() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+thread_local! {
+    static CUTOFF: std::cell::RefCell<Option<Arc<Cutoff>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// This serving thread's cutoff; elsewhere (a request served outside `serve`), one never cut.
+pub fn cutoff() -> Arc<Cutoff> {
+    CUTOFF.with_borrow(|c| c.clone()).unwrap_or_default()
+}
+
+/// How long a serving thread still waits for its connections once they are cut off, before it
+/// drops what remains (a client still sending a request body, say: nothing recorded yet).
+const AFTER_CUT: Duration = Duration::from_secs(5);
+
 /// Spawns `task` on the current runtime; on a serving thread, the thread waits for it before it
 /// shuts down.
 pub fn spawn_tracked(task: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -111,30 +157,35 @@ pub fn spawn_tracked(task: impl std::future::Future<Output = ()> + Send + 'stati
 }
 
 /// Serves `router` on `listener` with one serving thread per entry of `connections` until
-/// `stop` resolves, then drains: returns once every in-flight request and stream has finished.
+/// `stop` resolves with the grace period, then drains: returns once every in-flight request and
+/// stream has finished, or been cut off when the grace period ran out.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_timeout: Duration,
     connections: Connections,
-    stop: impl std::future::Future<Output = ()>,
+    stop: impl std::future::Future<Output = Duration>,
 ) {
     let mut pool = Vec::new();
     let mut done = Vec::new();
+    let mut cutoffs = Vec::new();
     for (i, open) in connections.iter().enumerate() {
         let n = i + 1;
         let (tx, rx) = mpsc::unbounded_channel();
         let (finished, finish) = oneshot::channel::<()>();
         let router = router.clone();
+        let cutoff = Arc::new(Cutoff::default());
+        cutoffs.push(cutoff.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("serve-{n}"))
             .spawn(move || {
                 WORKER.with(|w| w.set(n));
+                CUTOFF.with_borrow_mut(|c| *c = Some(cutoff.clone()));
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(run_worker(rx, router, header_timeout)),
+                    Ok(rt) => rt.block_on(run_worker(rx, router, header_timeout, cutoff)),
                     Err(e) => tracing::error!("serving thread {n} cannot start a runtime: {e}"),
                 }
                 let _ = finished.send(());
@@ -151,6 +202,7 @@ pub async fn serve(
         }
     }
     let mut stop = std::pin::pin!(stop);
+    let mut grace = None;
     while !pool.is_empty() {
         let (tcp, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -162,7 +214,10 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut stop => break,
+            g = &mut stop => {
+                grace = Some(g);
+                break;
+            }
         };
         // No Nagle: stream chunks leave as soon as they are written.
         let _ = tcp.set_nodelay(true);
@@ -187,10 +242,26 @@ pub async fn serve(
         tracing::error!("no serving thread is running: the gateway cannot answer");
     }
     drop(listener);
-    // Each thread serves what is queued for it, then drains.
+    // Each thread serves what is queued for it, then drains; what is still running when the
+    // grace period ends is cut off.
     drop(pool);
+    let cut = grace.map(|grace| {
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            tracing::warn!(
+                "shutdown grace period of {}s is over: cutting off what is still in flight",
+                grace.as_secs()
+            );
+            for c in &cutoffs {
+                c.cut();
+            }
+        })
+    });
     for d in done {
         let _ = d.await;
+    }
+    if let Some(cut) = cut {
+        cut.abort();
     }
 }
 
@@ -199,6 +270,7 @@ async fn run_worker(
     mut conns: mpsc::UnboundedReceiver<(std::net::TcpStream, Counted)>,
     router: Router,
     header_timeout: Duration,
+    cutoff: Arc<Cutoff>,
 ) {
     let tracked = Arc::new(Tracked::default());
     TRACKED.with_borrow_mut(|t| *t = Some(tracked.clone()));
@@ -238,14 +310,30 @@ async fn run_worker(
             drop(counted);
         });
     }
-    graceful.shutdown().await;
-    // Streams whose clients left may still be writing their usage records.
-    loop {
-        let idle = tracked.idle.notified();
-        if tracked.running.load(Ordering::Acquire) == 0 {
-            break;
+    let drained = async {
+        graceful.shutdown().await;
+        // Streams whose clients left may still be writing their usage records.
+        loop {
+            let idle = tracked.idle.notified();
+            if tracked.running.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            idle.await;
         }
-        idle.await;
+    };
+    // Cut off requests answer at once and write their rows; whatever still holds on after that
+    // has nothing to record and is dropped with the runtime.
+    let given_up = async {
+        cutoff.wait().await;
+        tokio::time::sleep(AFTER_CUT).await;
+    };
+    tokio::select! {
+        () = drained => {}
+        () = given_up => tracing::warn!(
+            "serving thread {}: connections still open {}s after the cutoff are dropped",
+            current_worker(),
+            AFTER_CUT.as_secs()
+        ),
     }
     tick.abort();
 }
