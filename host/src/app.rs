@@ -136,23 +136,47 @@ pub struct Running {
     pub addr: SocketAddr,
     pub app: Arc<App>,
     shutdown: oneshot::Sender<()>,
+    /// Ends the shutdown's grace period early.
+    hurry: oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
     _watcher: notify::RecommendedWatcher,
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish, and flushes every usage record.
+    /// Stops accepting, lets in-flight requests finish (for `server.shutdown_grace_secs`, then
+    /// cuts them off), and flushes every usage record.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(());
-        let _ = self.server.await;
-        self.app.usage.flush().await;
+        self.shutdown_unless(std::future::pending()).await;
     }
 
-    /// Runs until the process gets SIGINT or SIGTERM, then shuts down gracefully.
+    /// [`Running::shutdown`], cutting in-flight requests off as soon as `sooner` resolves.
+    async fn shutdown_unless(self, sooner: impl std::future::Future<Output = ()>) {
+        let Running {
+            app,
+            shutdown,
+            hurry,
+            mut server,
+            ..
+        } = self;
+        let _ = shutdown.send(());
+        tokio::select! {
+            _ = &mut server => {}
+            () = sooner => {
+                let _ = hurry.send(());
+                let _ = server.await;
+            }
+        }
+        app.usage.flush().await;
+    }
+
+    /// Runs until the process gets SIGINT or SIGTERM, then shuts down gracefully; a second
+    /// signal cuts off what is still in flight at once (each still gets its usage row).
     pub async fn until_signal(self) {
         wait_for_signal().await;
-        tracing::info!("shutting down: draining in-flight requests");
-        self.shutdown().await;
+        tracing::info!(
+            "shutting down: draining in-flight requests (a second SIGINT or SIGTERM cuts them off now)"
+        );
+        self.shutdown_unless(wait_for_signal()).await;
         tracing::info!("stopped; all usage records written");
     }
 }
@@ -265,20 +289,28 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
     let router = crate::server::router(app.clone(), max_body);
     let connections = app.connections.clone();
     let (shutdown, stop) = oneshot::channel::<()>();
+    let (hurry, sooner) = oneshot::channel::<()>();
     let live = app.clone();
     let server = tokio::spawn(async move {
-        crate::server::serve(listener, router, header_timeout, connections, async move {
+        let stop = async move {
             let _ = stop.await;
             // The grace period in force when the shutdown begins (a reload may have changed it).
             live.config.load().system.shutdown_grace
-        })
-        .await;
+        };
+        let sooner = async move {
+            // Only a message hurries; a sender dropped unused leaves the grace period whole.
+            if sooner.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        crate::server::serve(listener, router, header_timeout, connections, stop, sooner).await;
     });
     tracing::info!(workers, %addr, "smart-router listening");
     Ok(Running {
         addr,
         app,
         shutdown,
+        hurry,
         server,
         _watcher: watcher,
     })

@@ -36,6 +36,66 @@ fn checked_ok(command: &mut Command) -> String {
     text
 }
 
+/// Starts `smart-router serve` on `config` (from the repository root) and `db`, on a free port;
+/// returns the process and the address it listens on.
+fn serve(config: &str, db: &str) -> (std::process::Child, String) {
+    let mut child = Command::new(bin())
+        .current_dir(root())
+        .args([
+            "serve",
+            "--config",
+            config,
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            db,
+        ])
+        .env_remove("SMART_ROUTER_MASTER_KEY")
+        .env("NO_COLOR", "1")
+        .env(
+            "SMART_ROUTER_COMPONENT_CACHE",
+            smart_router_tests::target_dir().join("component-cache"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut addr = None;
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        seen.push(line.clone());
+        if line.contains("smart-router listening") {
+            addr = line.split("addr=").nth(1).map(|a| {
+                a.trim()
+                    .trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':')
+                    .to_string()
+            });
+            break;
+        }
+    }
+    let addr = addr.unwrap_or_else(|| panic!("no listening line in {seen:?}"));
+    (child, addr)
+}
+
+/// Sends `signal` (`TERM`, `INT`) to `child`.
+fn signal(child: &std::process::Child, signal: &str) {
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+}
+
 #[test]
 fn check_accepts_the_example_config() {
     let text = checked_ok(Command::new(bin()).args(["check", "--config", "config"]));
@@ -97,48 +157,7 @@ async fn serve_answers_with_a_created_key_and_stops_gracefully_on_sigterm() {
     let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(key.starts_with("sk-sr-"));
 
-    let mut child = Command::new(bin())
-        .current_dir(root())
-        .args([
-            "serve",
-            "--config",
-            "config",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            &db,
-        ])
-        .env_remove("SMART_ROUTER_MASTER_KEY")
-        .env("NO_COLOR", "1")
-        .env(
-            "SMART_ROUTER_COMPONENT_CACHE",
-            smart_router_tests::target_dir().join("component-cache"),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut addr = None;
-    let mut seen = Vec::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
-        seen.push(line.clone());
-        if line.contains("smart-router listening") {
-            addr = line.split("addr=").nth(1).map(|a| {
-                a.trim()
-                    .trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':')
-                    .to_string()
-            });
-            break;
-        }
-    }
-    let addr = addr.unwrap_or_else(|| panic!("no listening line in {seen:?}"));
+    let (mut child, addr) = serve("config", &db);
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/v1/chat/completions");
     let resp = client
@@ -166,14 +185,7 @@ async fn serve_answers_with_a_created_key_and_stops_gracefully_on_sigterm() {
     assert_eq!(wrong.status(), 401);
 
     // SIGTERM: drains and exits 0.
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    signal(&child, "TERM");
     let status = child.wait().expect("wait");
     assert!(status.success(), "{status}");
 
@@ -274,4 +286,88 @@ async fn the_mock_upstream_speaks_both_formats_and_injects_faults() {
     assert!((30..=90).contains(&share(500)), "{counts:?}");
     assert!((15..=70).contains(&share(429)), "{counts:?}");
     assert_eq!(share(500) + share(429) + share(200), 200, "{counts:?}");
+}
+
+#[tokio::test]
+async fn a_second_signal_cuts_off_the_drain_at_once() {
+    use sqlx::Row;
+    let mock = smart_router_tests::MockUpstream::start().await;
+    mock.set("m", smart_router_tests::Behaviour::Hang);
+    let dir = temp_dir("hurry");
+    std::fs::write(
+        dir.join("providers.yaml"),
+        format!(
+            "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    channels: [{{model: m}}]\n",
+            mock.base_url()
+        ),
+    )
+    .expect("write");
+    // Ten minutes of grace and of upstream timeouts: only the second signal ends this drain.
+    std::fs::write(
+        dir.join("system.yaml"),
+        format!(
+            "components_dir: {}\nserver:\n  shutdown_grace_secs: 600\nupstream:\n  first_byte_timeout_secs: 600\n  timeout_secs: 600\n",
+            root().join("config/components").display()
+        ),
+    )
+    .expect("write");
+    let db = format!("sqlite://{}", dir.join("db.sqlite").display());
+    let out = Command::new(bin())
+        .args(["keys", "create", "--name", "hurry", "--database", &db])
+        .output()
+        .expect("keys");
+    assert!(out.status.success());
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (mut child, addr) = serve(dir.to_str().expect("utf-8 path"), &db);
+    let url = format!("http://{addr}/v1/chat/completions");
+    let request = tokio::spawn(async move {
+        let resp = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(key)
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .expect("send");
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.expect("json"))
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while mock.calls("m").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream got the request"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, "TERM");
+    // The first signal drains: the hung request holds the process.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(child.try_wait().expect("wait").is_none(), "still draining");
+    signal(&child, "INT");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second signal ends the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    let (status, body) = request.await.expect("task");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "gateway_shutting_down", "{body}");
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db).await.expect("open");
+    let classes: Vec<String> = sqlx::query("SELECT error_class FROM usage")
+        .fetch_all(&pool)
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get("error_class"))
+        .collect();
+    assert_eq!(classes, ["shutdown"], "the cut-off request has its row");
+    let _ = std::fs::remove_dir_all(dir);
 }

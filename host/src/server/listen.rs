@@ -158,13 +158,14 @@ pub fn spawn_tracked(task: impl std::future::Future<Output = ()> + Send + 'stati
 
 /// Serves `router` on `listener` with one serving thread per entry of `connections` until
 /// `stop` resolves with the grace period, then drains: returns once every in-flight request and
-/// stream has finished, or been cut off when the grace period ran out.
+/// stream has finished, or been cut off when the grace period ran out or `sooner` resolved.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_timeout: Duration,
     connections: Connections,
     stop: impl std::future::Future<Output = Duration>,
+    sooner: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let mut pool = Vec::new();
     let mut done = Vec::new();
@@ -247,11 +248,13 @@ pub async fn serve(
     drop(pool);
     let cut = grace.map(|grace| {
         tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            tracing::warn!(
-                "shutdown grace period of {}s is over: cutting off what is still in flight",
-                grace.as_secs()
-            );
+            tokio::select! {
+                () = tokio::time::sleep(grace) => tracing::warn!(
+                    "shutdown grace period of {}s is over: cutting off what is still in flight",
+                    grace.as_secs()
+                ),
+                () = sooner => tracing::warn!("cutting off what is still in flight now"),
+            }
             for c in &cutoffs {
                 c.cut();
             }
