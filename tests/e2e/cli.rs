@@ -84,6 +84,20 @@ fn serve(config: &str, db: &str) -> (std::process::Child, String) {
     (child, addr)
 }
 
+/// The first column of `sql`'s rows, read from the database at `db` with a fresh connection.
+async fn strings(db: &str, sql: &str) -> Vec<String> {
+    use sqlx::Row;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(db).await.expect("open");
+    sqlx::query(sql)
+        .fetch_all(&pool)
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// Sends `signal` (`TERM`, `INT`) to `child`.
 fn signal(child: &std::process::Child, signal: &str) {
     let pid = child.id().to_string();
@@ -197,16 +211,7 @@ async fn serve_answers_with_a_created_key_and_stops_gracefully_on_sigterm() {
         !hay.windows(key.len()).any(|w| w == key.as_bytes()),
         "the raw key must not be stored"
     );
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&db).await.expect("open");
-    use sqlx::Row;
-    let key_ids: Vec<String> = sqlx::query("SELECT key_id FROM usage WHERE attempt > 0")
-        .fetch_all(&pool)
-        .await
-        .expect("rows")
-        .iter()
-        .map(|r| r.get("key_id"))
-        .collect();
+    let key_ids = strings(&db, "SELECT key_id FROM usage WHERE attempt > 0").await;
     assert_eq!(key_ids.len(), 1);
     assert!(key_ids[0].starts_with("key_"));
     let _ = std::fs::remove_dir_all(dir);
@@ -290,7 +295,6 @@ async fn the_mock_upstream_speaks_both_formats_and_injects_faults() {
 
 #[tokio::test]
 async fn a_second_signal_cuts_off_the_drain_at_once() {
-    use sqlx::Row;
     let mock = smart_router_tests::MockUpstream::start().await;
     mock.set("m", smart_router_tests::Behaviour::Hang);
     let dir = temp_dir("hurry");
@@ -359,15 +363,7 @@ async fn a_second_signal_cuts_off_the_drain_at_once() {
     let (status, body) = request.await.expect("task");
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "gateway_shutting_down", "{body}");
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&db).await.expect("open");
-    let classes: Vec<String> = sqlx::query("SELECT error_class FROM usage")
-        .fetch_all(&pool)
-        .await
-        .expect("rows")
-        .iter()
-        .map(|r| r.get("error_class"))
-        .collect();
+    let classes = strings(&db, "SELECT error_class FROM usage").await;
     assert_eq!(classes, ["shutdown"], "the cut-off request has its row");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -111,18 +111,7 @@ async fn a_client_leaving_a_silent_stream_is_recorded_at_once_and_shutdown_compl
         .system("components_dir: components\nupstream:\n  first_byte_timeout_secs: 5\n  timeout_secs: 600\n")
         .start()
         .await;
-    let mut resp = gw
-        .chat(
-            json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .await;
-    assert_eq!(resp.status(), 200);
-    // Read all the upstream sends ("reply from "), so the gateway is left waiting on it.
-    let mut seen = String::new();
-    while !seen.contains("from") {
-        let chunk = resp.chunk().await.expect("read").expect("more chunks");
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let resp = silent_stream(&gw).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The upstream is now silent for good; the client leaves.
     drop(resp);
@@ -141,6 +130,23 @@ async fn a_client_leaving_a_silent_stream_is_recorded_at_once_and_shutdown_compl
     tokio::time::timeout(Duration::from_secs(10), gw.stop())
         .await
         .expect("shutdown completes");
+}
+
+/// A streamed request to `m`, whose upstream stalls after two chunks, read up to all the upstream
+/// sent ("reply from "): the gateway is left waiting on a silent upstream.
+async fn silent_stream(gw: &Gateway) -> reqwest::Response {
+    let mut resp = gw
+        .chat(
+            json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("from") {
+        let chunk = resp.chunk().await.expect("read").expect("more chunks");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    resp
 }
 
 /// A gateway on `mock`'s model `m` whose shutdown gives in-flight work `grace_secs`; the upstream
@@ -236,17 +242,7 @@ async fn a_shutdown_cuts_off_a_silent_stream_telling_the_client_and_recording_it
     let mock = MockUpstream::start().await;
     mock.set("m", smart_router_tests::Behaviour::StallAfter(2));
     let mut gw = with_grace(&mock, 1).await;
-    let mut resp = gw
-        .chat(
-            json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .await;
-    assert_eq!(resp.status(), 200);
-    let mut seen = String::new();
-    while !seen.contains("from") {
-        let chunk = resp.chunk().await.expect("read").expect("more chunks");
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let mut resp = silent_stream(&gw).await;
     // The client keeps reading; the upstream is silent for good.
     let rest = tokio::spawn(async move {
         let mut rest = String::new();
