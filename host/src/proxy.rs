@@ -252,8 +252,7 @@ pub async fn attempt(
     };
     scope.waited(waiting);
     let Some(sent) = sent else {
-        att.cut_off(0, None, None).await;
-        return Err(Failure::Fatal(ApiError::shutting_down()));
+        return Err(att.cut_off(0, None, None).await);
     };
     let resp = match sent {
         Ok(r) => r,
@@ -305,8 +304,7 @@ pub async fn attempt(
     };
     scope.waited(waiting);
     let Some(body) = body else {
-        att.cut_off(resp.status, None, None).await;
-        return Err(Failure::Fatal(ApiError::shutting_down()));
+        return Err(att.cut_off(resp.status, None, None).await);
     };
     let body = match body {
         Ok(b) => b,

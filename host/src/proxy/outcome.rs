@@ -139,8 +139,13 @@ impl Attempt {
     }
 
     /// The shutdown's grace period ran out during this attempt: its usage row, with what was
-    /// used so far. Not the channel's fault, so its health is left alone.
-    pub(super) async fn cut_off(&self, status: u16, usage: Option<&Usage>, ttft_ms: Option<u64>) {
+    /// used so far, and the client's answer. Not the channel's fault, so its health is left alone.
+    pub(super) async fn cut_off(
+        &self,
+        status: u16,
+        usage: Option<&Usage>,
+        ttft_ms: Option<u64>,
+    ) -> Failure {
         let rec = self.record(
             status,
             "error",
@@ -150,6 +155,7 @@ impl Attempt {
             ttft_ms,
         );
         self.scope.app.usage.record(rec).await;
+        Failure::Fatal(crate::server::error::ApiError::shutting_down())
     }
 
     /// Cools down this channel and its siblings under the same provider entry (those with

@@ -275,8 +275,7 @@ pub(super) async fn start(
         };
         pump.att.scope.waited(waiting);
         let Some(stepped) = stepped else {
-            pump.att.cut_off(status, None, None).await;
-            return Err(Failure::Fatal(ApiError::shutting_down()));
+            return Err(pump.att.cut_off(status, None, None).await);
         };
         let step = match stepped {
             Ok(s) => s,
@@ -406,7 +405,9 @@ async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, gu
             // Without waiting on a client that is not reading: the row matters more.
             let err = ApiError::shutting_down();
             let _ = tx.try_send(Bytes::from(format!("data: {}\n\n", err.body())));
-            pump.att
+            // The stream is the client's already: its answer is the event above.
+            let _ = pump
+                .att
                 .cut_off(status, pump.usage.as_ref(), Some(ttft))
                 .await;
         }

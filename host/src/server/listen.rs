@@ -113,7 +113,7 @@ impl Cutoff {
         self.notify.notify_waiters();
     }
 
-    pub fn is_cut(&self) -> bool {
+    fn is_cut(&self) -> bool {
         self.cut.load(Ordering::SeqCst)
     }
 
