@@ -1,23 +1,11 @@
 //! The `smart-router` binary as a user runs it: check, keys, serve and graceful stop.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use smart_router_tests::gateway::temp_dir;
-use smart_router_tests::root;
-
-fn bin() -> PathBuf {
-    let b = root().join("target/release/smart-router");
-    assert!(
-        b.exists(),
-        "{} is not built: run `cargo xtask build`",
-        b.display()
-    );
-    b
-}
+use smart_router_tests::{binary, root, serve_binary};
 
 /// Runs `check` on the example config through `command` and asserts that every component
 /// loaded; returns what it printed.
@@ -34,54 +22,6 @@ fn checked_ok(command: &mut Command) -> String {
         "{text}"
     );
     text
-}
-
-/// Starts `smart-router serve` on `config` (from the repository root) and `db`, on a free port;
-/// returns the process and the address it listens on.
-fn serve(config: &str, db: &str) -> (std::process::Child, String) {
-    let mut child = Command::new(bin())
-        .current_dir(root())
-        .args([
-            "serve",
-            "--config",
-            config,
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            db,
-        ])
-        .env_remove("SMART_ROUTER_MASTER_KEY")
-        .env("NO_COLOR", "1")
-        .env(
-            "SMART_ROUTER_COMPONENT_CACHE",
-            smart_router_tests::target_dir().join("component-cache"),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut addr = None;
-    let mut seen = Vec::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
-        seen.push(line.clone());
-        if line.contains("smart-router listening") {
-            addr = line.split("addr=").nth(1).map(|a| {
-                a.trim()
-                    .trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':')
-                    .to_string()
-            });
-            break;
-        }
-    }
-    let addr = addr.unwrap_or_else(|| panic!("no listening line in {seen:?}"));
-    (child, addr)
 }
 
 /// The first column of `sql`'s rows, read from the database at `db` with a fresh connection.
@@ -112,7 +52,7 @@ fn signal(child: &std::process::Child, signal: &str) {
 
 #[test]
 fn check_accepts_the_example_config() {
-    let text = checked_ok(Command::new(bin()).args(["check", "--config", "config"]));
+    let text = checked_ok(Command::new(binary()).args(["check", "--config", "config"]));
     // With the address space to spare, memories get 4 GiB slots (no bounds checks).
     assert!(!text.contains("cannot be reserved"), "{text}");
 }
@@ -129,7 +69,7 @@ fn check_falls_back_to_small_memory_slots_under_an_address_space_limit() {
                 "ulimit -v {} && exec \"$0\" check --config config",
                 4u64 << 30
             ))
-            .arg(bin()),
+            .arg(binary()),
     );
     assert!(
         text.contains("component memory slots of 4 GiB cannot be reserved"),
@@ -141,7 +81,7 @@ fn check_falls_back_to_small_memory_slots_under_an_address_space_limit() {
 fn check_points_at_the_file_and_field() {
     let dir = temp_dir("check");
     std::fs::write(dir.join("providers.yaml"), "providers:\n  p:\n    adapter: openai\n    base_url: http://x\n    channels:\n      - model: m\n        daily_limt: 5\n").expect("write");
-    let out = Command::new(bin())
+    let out = Command::new(binary())
         .args(["check", "--config"])
         .arg(&dir)
         .output()
@@ -159,7 +99,7 @@ fn check_points_at_the_file_and_field() {
 async fn serve_answers_with_a_created_key_and_stops_gracefully_on_sigterm() {
     let dir = temp_dir("serve");
     let db = format!("sqlite://{}", dir.join("db.sqlite").display());
-    let out = Command::new(bin())
+    let out = Command::new(binary())
         .args(["keys", "create", "--name", "ci", "--database", &db])
         .output()
         .expect("keys");
@@ -171,7 +111,7 @@ async fn serve_answers_with_a_created_key_and_stops_gracefully_on_sigterm() {
     let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(key.starts_with("sk-sr-"));
 
-    let (mut child, addr) = serve("config", &db);
+    let (mut child, addr) = serve_binary(std::path::Path::new("config"), &db, None);
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/v1/chat/completions");
     let resp = client
@@ -224,7 +164,7 @@ async fn the_mock_upstream_speaks_both_formats_and_injects_faults() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let mut child = Command::new(bin())
+    let mut child = Command::new(binary())
         .args([
             "mock-upstream",
             "--listen",
@@ -316,13 +256,13 @@ async fn a_second_signal_cuts_off_the_drain_at_once() {
     )
     .expect("write");
     let db = format!("sqlite://{}", dir.join("db.sqlite").display());
-    let out = Command::new(bin())
+    let out = Command::new(binary())
         .args(["keys", "create", "--name", "hurry", "--database", &db])
         .output()
         .expect("keys");
     assert!(out.status.success());
     let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let (mut child, addr) = serve(dir.to_str().expect("utf-8 path"), &db);
+    let (mut child, addr) = serve_binary(&dir, &db, None);
     let url = format!("http://{addr}/v1/chat/completions");
     let request = tokio::spawn(async move {
         let resp = reqwest::Client::new()

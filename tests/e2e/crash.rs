@@ -1,51 +1,16 @@
 //! `kill -9` under load: the database opens cleanly afterwards; with `usage.durable` no answered
 //! request's record is missing, and without it only the last moments' records are.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
 use smart_router_tests::gateway::temp_dir;
-use smart_router_tests::root;
+use smart_router_tests::{root, serve_binary};
 use sqlx::Row;
 
 const CLIENTS: usize = 8;
-
-fn start(config: &std::path::Path, db: &str) -> (std::process::Child, String) {
-    let mut child = Command::new(root().join("target/release/smart-router"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            db,
-            "--config",
-        ])
-        .arg(config)
-        .env("SMART_ROUTER_MASTER_KEY", "sk-crash")
-        .env("NO_COLOR", "1")
-        .env(
-            "SMART_ROUTER_COMPONENT_CACHE",
-            smart_router_tests::target_dir().join("component-cache"),
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("addr=").nth(1) {
-                let _ = tx.send(addr.trim().to_string());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("listening");
-    (child, addr)
-}
 
 /// Runs load, kills the gateway with SIGKILL, restarts it on the same database, and returns
 /// (requests answered, success rows recorded).
@@ -63,7 +28,7 @@ async fn crash_under_load(durable: bool) -> (i64, i64) {
     )
     .expect("write");
     let db = format!("sqlite://{}", dir.join("usage.db").display());
-    let (mut child, addr) = start(&config, &db);
+    let (mut child, addr) = serve_binary(&config, &db, Some("sk-crash"));
 
     let ok = Arc::new(AtomicUsize::new(0));
     let running = tokio::spawn(load(addr, ok.clone()));
@@ -83,7 +48,7 @@ async fn crash_under_load(durable: bool) -> (i64, i64) {
     let answered = running.await.expect("load");
 
     // The database opens cleanly — the gateway itself starts on it again.
-    let (mut again, _) = start(&config, &db);
+    let (mut again, _) = serve_binary(&config, &db, Some("sk-crash"));
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&db).await.expect("open");
     let recorded: i64 = sqlx::query("SELECT COUNT(*) AS n FROM usage WHERE outcome = 'success'")
@@ -163,7 +128,7 @@ async fn a_daily_limit_holds_across_kill_minus_nine() {
     )
     .expect("write");
     let db = format!("sqlite://{}", dir.join("usage.db").display());
-    let (mut child, addr) = start(&config, &db);
+    let (mut child, addr) = serve_binary(&config, &db, Some("sk-crash"));
     // Load in the background; kill without warning once 300 are answered.
     let counting = tokio::spawn(load(addr.clone(), Arc::default()));
     let client = reqwest::Client::new();
@@ -199,7 +164,7 @@ async fn a_daily_limit_holds_across_kill_minus_nine() {
         "answered before the kill: {before}"
     );
 
-    let (mut again, addr) = start(&config, &db);
+    let (mut again, addr) = serve_binary(&config, &db, Some("sk-crash"));
     let after = load(addr, Arc::default()).await;
     let _ = again.kill();
     let _ = again.wait();

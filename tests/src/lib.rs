@@ -6,7 +6,10 @@ pub mod mock;
 pub use gateway::{Gateway, GatewayBuilder, logs};
 pub use mock::{Behaviour, MockUpstream};
 
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -38,4 +41,67 @@ pub fn component(kind: &str, name: &str) -> PathBuf {
         fixture.display()
     );
     fixture
+}
+
+/// The release binary `cargo xtask build` makes.
+pub fn binary() -> PathBuf {
+    let b = root().join("target/release/smart-router");
+    assert!(
+        b.exists(),
+        "{} is not built: run `cargo xtask build`",
+        b.display()
+    );
+    b
+}
+
+/// Starts `smart-router serve` on `config` (a relative path is taken from the repository root)
+/// and `db`, on a free port, with `master_key` or none; returns the process and the address it
+/// listens on.
+pub fn serve_binary(config: &Path, db: &str, master_key: Option<&str>) -> (Child, String) {
+    let mut command = Command::new(binary());
+    command
+        .current_dir(root())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            db,
+            "--config",
+        ])
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .env(
+            "SMART_ROUTER_COMPONENT_CACHE",
+            target_dir().join("component-cache"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    match master_key {
+        Some(key) => command.env("SMART_ROUTER_MASTER_KEY", key),
+        None => command.env_remove("SMART_ROUTER_MASTER_KEY"),
+    };
+    let mut child = command.spawn().expect("serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        if line.contains("smart-router listening")
+            && let Some(addr) = line.split("addr=").nth(1)
+        {
+            let addr = addr
+                .trim()
+                .trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':');
+            return (child, addr.to_string());
+        }
+        seen.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("no listening line in {seen:?}");
 }
