@@ -59,6 +59,15 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Which browser origins may call the gateway (`server.cors_origins`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CorsOrigins {
+    /// Any page (`*`): keys are bearer tokens a page must send itself, never cookies.
+    Any,
+    /// These origins exactly (`scheme://host[:port]`); empty: none.
+    List(Vec<String>),
+}
+
 /// Process-wide settings from `system.yaml`, with defaults filled in.
 #[derive(Debug, Clone)]
 pub struct System {
@@ -67,6 +76,8 @@ pub struct System {
     pub header_read_timeout: Duration,
     /// How long a shutdown waits for in-flight requests before cutting them off.
     pub shutdown_grace: Duration,
+    /// Origins whose browser pages may call the gateway.
+    pub cors_origins: CorsOrigins,
     pub components_dir: PathBuf,
     pub component_timeout: Duration,
     pub component_memory_bytes: usize,

@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod chat;
+mod cors;
 pub mod error;
 mod listen;
 
@@ -37,8 +38,14 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/admin/stats", get(admin::stats))
         .route("/admin/stats/daily", get(admin::daily))
         .route("/admin/channels", get(admin::channels))
+        // After every route: it applies to the routes already added.
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            cors::apply,
+        ))
         .with_state(app)
 }
 
@@ -48,6 +55,17 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
         "invalid_request_error",
         Some("unknown_url"),
         format!("Unknown request URL: {}", uri.path()),
+    )
+}
+
+/// A known URL with the wrong method (`GET /v1/chat/completions`): OpenAI's answer, with the
+/// `Allow` header axum adds.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        Some("method_not_allowed"),
+        format!("Invalid method for URL ({method} {})", uri.path()),
     )
 }
 

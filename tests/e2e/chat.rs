@@ -196,6 +196,8 @@ async fn errors_use_the_openai_shape_and_status() {
         (gw.client.post(&url).bearer_auth(KEY).json(&json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]})), 404, "model_not_found"),
         (gw.client.post(&url).bearer_auth(KEY).json(&json!({"model": "m1", "stream": "yes", "messages": [{"role": "user", "content": "x"}]})), 400, ""),
         (gw.client.get(gw.url("/v1/nothing-here")).bearer_auth(KEY), 404, "unknown_url"),
+        (gw.client.get(&url).bearer_auth(KEY), 405, "method_not_allowed"),
+        (gw.client.post(gw.url("/v1/models")).bearer_auth(KEY), 405, "method_not_allowed"),
     ];
     for (req, status, code) in cases {
         let resp = req.send().await.expect("send");
@@ -211,6 +213,18 @@ async fn errors_use_the_openai_shape_and_status() {
             assert_eq!(err["code"], code, "{body}");
         }
     }
+    // A wrong method still says which ones the URL takes.
+    let resp = gw.client.get(&url).send().await.expect("send");
+    assert_eq!(resp.status().as_u16(), 405);
+    assert_eq!(
+        resp.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
+    let body: Value = resp.json().await.expect("error body is JSON");
+    assert_eq!(
+        body["error"]["message"],
+        "Invalid method for URL (GET /v1/chat/completions)"
+    );
 }
 
 #[tokio::test]
@@ -266,4 +280,108 @@ async fn metrics_report_counters_overhead_and_channel_state() {
         !text.contains("sk-upstream-secret"),
         "no secrets in metrics"
     );
+}
+
+#[tokio::test]
+async fn browser_pages_may_call_the_gateway_as_they_call_openai() {
+    let (gw, _mock) = gateway_with(&["m1"]).await;
+    let url = gw.url("/v1/chat/completions");
+    let page = "http://localhost:3000";
+    // The browser's preflight carries no key; it is answered before routing and auth.
+    let pre = gw
+        .client
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", page)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type,x-stainless-os",
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(pre.status().as_u16(), 204);
+    let h = pre.headers();
+    assert_eq!(h["access-control-allow-origin"], "*");
+    assert_eq!(h["access-control-allow-methods"], "GET, POST, OPTIONS");
+    assert_eq!(
+        h["access-control-allow-headers"],
+        "authorization,content-type,x-stainless-os"
+    );
+    assert!(h.contains_key("access-control-max-age"));
+    // The request itself, and an error, both readable by the page.
+    let ok = gw
+        .client
+        .post(&url)
+        .bearer_auth(KEY)
+        .header("origin", page)
+        .json(&json!({"model": "m1", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(ok.headers()["access-control-allow-origin"], "*");
+    let exposed = ok.headers()["access-control-expose-headers"]
+        .to_str()
+        .expect("ascii");
+    assert!(exposed.contains("x-request-id"), "{exposed}");
+    let refused = gw
+        .client
+        .post(&url)
+        .bearer_auth("sk-wrong")
+        .header("origin", page)
+        .json(&json!({"model": "m1", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(refused.status().as_u16(), 401);
+    assert_eq!(refused.headers()["access-control-allow-origin"], "*");
+    // Without an Origin (every SDK, curl, a server) nothing changes.
+    let plain = gw
+        .client
+        .post(&url)
+        .bearer_auth(KEY)
+        .json(&json!({"model": "m1", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(plain.status().as_u16(), 200);
+    assert!(!plain.headers().contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn only_the_listed_origins_get_cors_answers() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .providers(&one_provider(&mock.base_url(), &["m1"]))
+        .system(
+            "components_dir: components\nserver:\n  cors_origins: [\"https://chat.example.com\"]\n",
+        )
+        .start()
+        .await;
+    let url = gw.url("/v1/chat/completions");
+    let preflight = |origin: &str| {
+        gw.client
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    let listed = preflight("https://chat.example.com").await.expect("send");
+    assert_eq!(listed.status().as_u16(), 204);
+    assert_eq!(
+        listed.headers()["access-control-allow-origin"],
+        "https://chat.example.com"
+    );
+    assert_eq!(listed.headers()["vary"], "origin");
+    assert_eq!(
+        listed.headers()["access-control-allow-headers"],
+        "authorization, content-type"
+    );
+    // Another page gets no CORS headers: its browser keeps the answer from it.
+    let other = preflight("https://elsewhere.example").await.expect("send");
+    assert_eq!(other.status().as_u16(), 405);
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+    let body: Value = other.json().await.expect("error body is JSON");
+    assert_eq!(body["error"]["code"], "method_not_allowed");
 }

@@ -293,6 +293,10 @@ pub struct ServerSection {
     /// a `gateway_shutting_down` error and its usage row.
     #[serde(default)]
     pub shutdown_grace_secs: Option<u64>,
+    /// Origins whose browser pages may call the gateway: `["*"]` (the default, as OpenAI's API),
+    /// exact origins such as `https://chat.example.com`, or `[]` for none.
+    #[serde(default)]
+    pub cors_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::channels::{apply, group_channel, new_channel};
 use super::files::{GroupsFile, PricingFile, ProvidersFile, SystemFile};
-use super::{Channel, Config, ConfigError, Group, Member, Provider, Secret, System};
+use super::{Channel, Config, ConfigError, CorsOrigins, Group, Member, Provider, Secret, System};
 
 pub(super) const PROVIDERS: &str = "providers.yaml";
 pub(super) const GROUPS: &str = "model_groups.yaml";
@@ -271,6 +271,45 @@ fn budget_limits(
     })
 }
 
+/// `server.cors_origins`: `*` alone, or origins written as browsers send them.
+fn cors_origins(list: Option<&[String]>) -> Result<CorsOrigins, ConfigError> {
+    let Some(list) = list else {
+        return Ok(CorsOrigins::Any);
+    };
+    if list.iter().any(|o| o == "*") {
+        if list.len() > 1 {
+            return Err(ConfigError::at(
+                SYSTEM,
+                "server.cors_origins",
+                "`*` allows every origin: list it alone",
+            ));
+        }
+        return Ok(CorsOrigins::Any);
+    }
+    for origin in list {
+        let rest = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        let ok = rest.is_some_and(|host| {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        });
+        if !ok {
+            return Err(ConfigError::at(
+                SYSTEM,
+                "server.cors_origins",
+                format!(
+                    "`{origin}` is not an origin: write it as a browser sends it, \
+                     `https://host` or `http://host:port`, with no path or trailing slash"
+                ),
+            ));
+        }
+    }
+    Ok(CorsOrigins::List(list.to_vec()))
+}
+
 fn system(dir: &Path, f: SystemFile) -> Result<System, ConfigError> {
     let components_dir = dir.join(f.components_dir.as_deref().unwrap_or("components"));
     let default_strategy = f
@@ -286,6 +325,7 @@ fn system(dir: &Path, f: SystemFile) -> Result<System, ConfigError> {
             "must be at least 1",
         ));
     }
+    let cors_origins = cors_origins(f.server.cors_origins.as_deref())?;
     let timeout_ms = f.components.timeout_ms.unwrap_or(100);
     if timeout_ms == 0 {
         return Err(ConfigError::at(
@@ -319,6 +359,7 @@ fn system(dir: &Path, f: SystemFile) -> Result<System, ConfigError> {
             f.server.header_read_timeout_secs.unwrap_or(10).max(1),
         ),
         shutdown_grace: Duration::from_secs(f.server.shutdown_grace_secs.unwrap_or(25)),
+        cors_origins,
         components_dir,
         component_timeout: Duration::from_millis(timeout_ms),
         component_memory_bytes: (f.components.memory_limit_mb.unwrap_or(64) as usize) << 20,
@@ -397,6 +438,42 @@ mod tests {
             PricingFile::default(),
             &|n| (n == "SET").then(|| "sk-123".to_string()),
         )
+    }
+
+    #[test]
+    fn cors_origins_are_star_alone_or_origins_as_browsers_send_them() {
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(cors_origins(None).expect("default"), CorsOrigins::Any);
+        assert_eq!(
+            cors_origins(Some(&list(&["*"]))).expect("star"),
+            CorsOrigins::Any
+        );
+        assert_eq!(
+            cors_origins(Some(&[])).expect("none"),
+            CorsOrigins::List(Vec::new())
+        );
+        let ok = list(&[
+            "https://chat.example.com",
+            "http://localhost:3000",
+            "http://[::1]:8080",
+        ]);
+        assert_eq!(
+            cors_origins(Some(&ok)).expect("origins"),
+            CorsOrigins::List(ok)
+        );
+        for bad in [
+            &["https://chat.example.com/"][..],
+            &["https://chat.example.com/app"],
+            &["chat.example.com"],
+            &["https://"],
+            &["ftp://example.com"],
+            &["*", "https://chat.example.com"],
+        ] {
+            let e = cors_origins(Some(&list(bad)))
+                .expect_err("refused")
+                .to_string();
+            assert!(e.contains("server.cors_origins"), "{bad:?}: {e}");
+        }
     }
 
     const BRIEF: &str = r#"
