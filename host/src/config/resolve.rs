@@ -307,7 +307,10 @@ fn cors_origins(list: Option<&[String]>) -> Result<CorsOrigins, ConfigError> {
             ));
         }
     }
-    Ok(CorsOrigins::List(list.to_vec()))
+    // Browsers send the scheme and host in lower case.
+    Ok(CorsOrigins::List(
+        list.iter().map(|o| o.to_ascii_lowercase()).collect(),
+    ))
 }
 
 fn system(dir: &Path, f: SystemFile) -> Result<System, ConfigError> {
@@ -460,6 +463,10 @@ mod tests {
         assert_eq!(
             cors_origins(Some(&ok)).expect("origins"),
             CorsOrigins::List(ok)
+        );
+        assert_eq!(
+            cors_origins(Some(&list(&["https://Chat.Example.com"]))).expect("mixed case"),
+            CorsOrigins::List(list(&["https://chat.example.com"]))
         );
         for bad in [
             &["https://chat.example.com/"][..],
