@@ -1,4 +1,5 @@
-//! The HTTP surface: `/v1/chat/completions`, `/v1/models`, `/health`.
+//! The HTTP surface: `/v1/chat/completions`, `/v1/embeddings`, `/v1/models`, `/health`, `/metrics`
+//! and the admin API.
 
 mod admin;
 mod auth;
@@ -33,6 +34,8 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/embeddings", post(chat::embeddings))
         .route("/v1/models", get(models))
         .route("/models", get(models))
+        .route("/v1/models/{*id}", get(model))
+        .route("/models/{*id}", get(model))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/admin/stats", get(admin::stats))
@@ -72,25 +75,57 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 /// `GET /v1/models`: the model groups, then the plain model names channels serve.
 async fn models(State(app): State<Arc<App>>, caller: Caller) -> Response {
     let cfg = app.config.load();
-    let mut data = Vec::new();
-    for g in cfg.groups.values() {
-        if caller.may_use(&g.name) {
-            data.push(
-                json!({"id": g.name, "object": "model", "created": 0, "owned_by": "smart-router",
-                "display_name": g.display_name, "description": g.description}),
-            );
-        }
-    }
-    for (name, members) in &cfg.models {
-        let served_directly = members.iter().any(|m| {
-            cfg.channels[m.channel].model == *name && cfg.channels[m.channel].disabled.is_none()
-        });
-        if served_directly && !cfg.groups.contains_key(name) && caller.may_use(name) {
-            let owner = &cfg.channels[members[0].channel].provider;
-            data.push(json!({"id": name, "object": "model", "created": 0, "owned_by": owner}));
-        }
-    }
+    let groups = cfg.groups.keys();
+    let served = cfg
+        .models
+        .keys()
+        .filter(|name| !cfg.groups.contains_key(*name));
+    let data: Vec<_> = groups
+        .chain(served)
+        .filter(|id| caller.may_use(id))
+        .filter_map(|id| model_object(&cfg, id, true))
+        .collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `GET /v1/models/{model}`: one entry of the list, or a channel id (`provider/model`) requests
+/// may name. Anything else, or a model the key may not use, is OpenAI's `404 model_not_found`.
+async fn model(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    id: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Path(id) =
+        id.map_err(|e| ApiError::invalid(format!("The model name in the URL is not valid: {e}")))?;
+    let cfg = app.config.load();
+    caller
+        .may_use(&id)
+        .then(|| model_object(&cfg, &id, false))
+        .flatten()
+        .map(|m| axum::Json(m).into_response())
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("model_not_found"),
+                format!("The model `{id}` does not exist or you do not have access to it."),
+            )
+        })
+}
+
+/// OpenAI's model object for a group, or for a model name served by an enabled channel (with
+/// `direct`, only a channel whose model is that name: not a channel id), owned by its provider.
+fn model_object(cfg: &crate::config::Config, id: &str, direct: bool) -> Option<serde_json::Value> {
+    if let Some(g) = cfg.groups.get(id) {
+        return Some(json!({"id": g.name, "object": "model", "created": 0,
+            "owned_by": "smart-router", "display_name": g.display_name,
+            "description": g.description}));
+    }
+    let owner = cfg.models.get(id)?.iter().find_map(|m| {
+        let ch = &cfg.channels[m.channel];
+        (ch.disabled.is_none() && (!direct || ch.model == id)).then_some(&ch.provider)
+    })?;
+    Some(json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
 }
 
 /// `GET /metrics`: Prometheus text format. No secrets: channel ids and counters only.

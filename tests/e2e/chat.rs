@@ -182,6 +182,69 @@ async fn models_lists_groups_and_served_models() {
 }
 
 #[tokio::test]
+async fn a_model_is_retrieved_as_openai_answers_it() {
+    let mock = MockUpstream::start().await;
+    let providers =
+        one_provider(&mock.base_url(), &["m1"]) + "      - { model: m2, enabled: false }\n";
+    let gw = Gateway::builder()
+        .providers(&providers)
+        .groups("model_groups:\n  auto:test:\n    strategy: priority\n")
+        .start()
+        .await;
+    let hash = smart_router::app::hex(&<sha2::Sha256 as sha2::Digest>::digest(b"sk-only-m1"));
+    gw.app
+        .store
+        .create_key("key_m1", "m1 only", &hash, Some("m1"), Default::default())
+        .await
+        .expect("key");
+    let get = |path: &str, key: &'static str| gw.client.get(gw.url(path)).bearer_auth(key).send();
+    // A group, a served model, and a channel id: as is, and percent-encoded as newer SDKs send it.
+    for (path, id, owner) in [
+        ("/v1/models/auto:test", "auto:test", "smart-router"),
+        ("/v1/models/m1", "m1", "up"),
+        ("/models/m1", "m1", "up"),
+        ("/v1/models/up/m1", "up/m1", "up"),
+        ("/v1/models/up%2Fm1", "up/m1", "up"),
+    ] {
+        let resp = get(path, KEY).await.expect("send");
+        assert_eq!(resp.status(), 200, "{path}");
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["id"], id, "{path}");
+        assert_eq!(body["object"], "model", "{path}");
+        assert_eq!(body["owned_by"], owner, "{path}");
+    }
+    // Unknown, served only by a disabled channel, or not this key's: OpenAI's 404, the same one.
+    for (path, key) in [
+        ("/v1/models/nope", KEY),
+        ("/v1/models/m2", KEY),
+        ("/v1/models/up/m2", KEY),
+        ("/v1/models/auto:test", "sk-only-m1"),
+    ] {
+        let resp = get(path, key).await.expect("send");
+        assert_eq!(resp.status(), 404, "{path}");
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "model_not_found", "{path}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{path}");
+    }
+    let mine = get("/v1/models/m1", "sk-only-m1").await.expect("send");
+    assert_eq!(mine.status(), 200);
+    let list: Value = get("/v1/models", "sk-only-m1")
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(
+        get("/v1/models/m1", "sk-wrong")
+            .await
+            .expect("send")
+            .status(),
+        401
+    );
+}
+
+#[tokio::test]
 async fn errors_use_the_openai_shape_and_status() {
     let (gw, _mock) = gateway_with(&["m1"]).await;
     let url = gw.url("/v1/chat/completions");

@@ -56,6 +56,14 @@ assert r.choices[0].message.tool_calls[0].function.name == "get_weather", r
 # Models.
 ids = [m.id for m in client.models.list()]
 assert "auto:free" in ids and "mock-small" in ids, ids
+m = client.models.retrieve("auto:free")
+assert m.id == "auto:free" and m.object == "model", m
+assert client.models.retrieve("mock-small").id == "mock-small"
+try:
+    client.models.retrieve("no-such-model")
+    raise AssertionError("expected NotFoundError")
+except openai.NotFoundError as e:
+    assert e.body["code"] == "model_not_found", e.body
 
 # Errors arrive as the SDK's typed exceptions.
 try:
