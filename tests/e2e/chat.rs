@@ -1,7 +1,7 @@
 //! The OpenAI surface: responses, streams, models, errors.
 
 use serde_json::{Value, json};
-use smart_router_tests::gateway::{KEY, one_provider};
+use smart_router_tests::gateway::{KEY, channel_of, one_provider};
 use smart_router_tests::{Gateway, MockUpstream};
 
 async fn gateway_with(models: &[&str]) -> (Gateway, MockUpstream) {
@@ -432,4 +432,64 @@ async fn only_the_listed_origins_get_cors_answers() {
     assert!(!other.headers().contains_key("access-control-allow-origin"));
     let body: Value = other.json().await.expect("error body is JSON");
     assert_eq!(body["error"]["code"], "method_not_allowed");
+}
+
+/// `n: 2` asks for two choices. Anthropic's API gives one, so its adapter answers `unsupported`
+/// and the request moves on to a channel that gives two, leaving the first channel's health
+/// alone; when no channel can, the client gets a 400 that says why, not a 502.
+#[tokio::test]
+async fn a_request_for_several_choices_goes_to_a_channel_that_gives_them() {
+    let gw = Gateway::builder()
+        .providers(
+            "providers:\n  claude:\n    adapter: anthropic\n    base_url: mock://\n    channels: [{model: claude-x, priority: 1}]\n  oa:\n    adapter: openai\n    base_url: mock://\n    channels: [{model: gpt-x, priority: 2}]\n",
+        )
+        .groups("model_groups:\n  auto:both:\n    strategy: priority\n    channels: [{channel: claude/claude-x}, {channel: oa/gpt-x}]\n")
+        .adapters(&["anthropic", "openai"])
+        .start()
+        .await;
+    let ask = |model: &str, n: u32, stream: bool| json!({"model": model, "n": n, "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        gw.served_by(ask("auto:both", 1, false)).await,
+        "claude/claude-x"
+    );
+
+    let resp = gw.chat(ask("auto:both", 2, false)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(channel_of(&resp), "oa/gpt-x");
+    let body: Value = resp.json().await.expect("json");
+    let indexes: Vec<u64> = body["choices"]
+        .as_array()
+        .expect("choices")
+        .iter()
+        .filter_map(|c| c["index"].as_u64())
+        .collect();
+    assert_eq!(indexes, [0, 1], "{body}");
+
+    let resp = gw.chat(ask("auto:both", 2, true)).await;
+    assert_eq!(channel_of(&resp), "oa/gpt-x");
+    let text = resp.text().await.expect("body");
+    for i in 0..2 {
+        let said: String = sse_values(&text)
+            .iter()
+            .filter(|c| c["choices"][0]["index"] == i)
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        assert!(said.ends_with("You said: hi"), "choice {i}: {said}");
+    }
+
+    let resp = gw.chat(ask("claude-x", 3, false)).await;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["code"], "unsupported_by_channels");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("one choice, not `n: 3`"), "{message}");
+
+    let claude = gw.channel_health("claude/claude-x").await;
+    assert_eq!(claude["consecutive_failures"], 0, "{claude}");
+    assert_eq!(claude["breaker"]["state"], "closed", "{claude}");
 }

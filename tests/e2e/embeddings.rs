@@ -175,11 +175,6 @@ async fn an_adapter_from_before_embeddings_is_skipped_for_them() {
         "old/old-chat"
     );
     assert_eq!(mock2.calls("old-chat").len(), 1);
-    let health: Value = serde_json::from_str(&gw.get_text("/admin/channels").await).expect("json");
-    let old = health["data"]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["id"] == "old/old-embed"))
-        .cloned()
-        .unwrap_or_default();
+    let old = gw.channel_health("old/old-embed").await;
     assert_eq!(old["consecutive_failures"], 0, "{old}");
 }

@@ -237,6 +237,17 @@ impl Gateway {
             .expect("body")
     }
 
+    /// The channel's entry in `GET /admin/channels` (breaker, failures, quota), or `null`.
+    pub async fn channel_health(&self, id: &str) -> Value {
+        let all: Value =
+            serde_json::from_str(&self.get_text("/admin/channels").await).expect("json");
+        all["data"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["id"] == id))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Sends `body`; returns the status and the channel that answered (empty when none did).
     pub async fn status_and_channel(&self, body: Value) -> (u16, String) {
         let resp = self.chat(body).await;

@@ -218,6 +218,14 @@ fn rest_of_body(
     ctx: &RequestContext,
     req: &Map<String, Value>,
 ) -> Result<Map<String, Value>, ProviderError> {
+    // The Messages API answers with one choice: a request for several moves on to a channel
+    // that can give them, and this channel's health is not touched.
+    if let Some(n) = req.get("n").and_then(Value::as_u64).filter(|n| *n > 1) {
+        return Err(ProviderError::new(
+            ErrorClass::Unsupported,
+            format!("Anthropic's Messages API returns one choice, not `n: {n}`"),
+        ));
+    }
     let mut out = Map::new();
     out.insert("model".into(), ctx.model.clone().into());
     let max_tokens = ["max_completion_tokens", "max_tokens"]

@@ -177,6 +177,15 @@ fn all_failed(failures: &[(String, &'static str, String, Option<u64>)]) -> ApiEr
             Some("upstream_timeout"),
             message,
         )
+    } else if all("unsupported") {
+        // No channel offers what the request asks for (`n: 3` where every channel answers one
+        // choice, say): trying again will not help, so it is the client's error.
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some("unsupported_by_channels"),
+            message,
+        )
     } else if all("daily_quota") {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -1,10 +1,10 @@
 //! The built-in mock provider (`base_url: mock://`): an in-process OpenAI-compatible upstream, so
 //! the gateway answers out of the box with no network and no key.
 //!
-//! It echoes the last user message, calls the first tool when the request offers tools, streams
-//! word by word, reports usage, answers `/embeddings` with deterministic unit vectors (the same
-//! text always gets the same vector), and fails on purpose for models named
-//! `mock-error-<status>`. Requests to `…/messages` get Anthropic's Messages format instead
+//! It echoes the last user message (under each of `n` choices), calls the first tool when the
+//! request offers tools, streams word by word, reports usage, answers `/embeddings` with
+//! deterministic unit vectors (the same text always gets the same vector), and fails on purpose
+//! for models named `mock-error-<status>`. Requests to `…/messages` get Anthropic's Messages format instead
 //! (answers, `tool_use`, and the event stream), and requests to `…:generateContent` /
 //! `…:streamGenerateContent` Gemini's, so the `anthropic` and `gemini` adapters run offline too.
 
@@ -77,7 +77,13 @@ pub fn respond(req: &HttpRequest) -> UpstreamResponse {
     let said = last_user_text(&body);
     let text = format!("Hello from the built-in mock ({model}). You said: {said}");
     let words: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
-    let completion_tokens = if tool.is_some() {
+    // `n` answers: the same one under each index, as OpenAI numbers choices.
+    let n = body
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .clamp(1, 128);
+    let completion_tokens = n * if tool.is_some() {
         8
     } else {
         words.len() as u64
@@ -94,41 +100,47 @@ pub fn respond(req: &HttpRequest) -> UpstreamResponse {
             None => json!({"role": "assistant", "content": text}),
         };
         let finish = if tool.is_some() { "tool_calls" } else { "stop" };
+        let choices: Vec<Value> = (0..n)
+            .map(|i| json!({"index": i, "message": message, "logprobs": null, "finish_reason": finish}))
+            .collect();
         let out = json!({"id": id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}], "usage": usage});
+            "choices": choices, "usage": usage});
         return ok("application/json", out.to_string());
     }
 
-    let chunk = |delta: Value, finish: Value| {
-        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
-    };
-    let mut events = vec![chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-    )];
-    match &tool {
-        Some(name) => {
-            events.push(chunk(
-                json!({"tool_calls": [{"index": 0, "id": "call_mock_0", "type": "function",
-                "function": {"name": name, "arguments": ""}}]}),
-                Value::Null,
-            ));
-            for piece in ["{", "}"] {
+    let mut events = Vec::new();
+    for i in 0..n {
+        let chunk = |delta: Value, finish: Value| {
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": i, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+        };
+        events.push(chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        ));
+        match &tool {
+            Some(name) => {
                 events.push(chunk(
-                    json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                    json!({"tool_calls": [{"index": 0, "id": "call_mock_0", "type": "function",
+                "function": {"name": name, "arguments": ""}}]}),
                     Value::Null,
                 ));
+                for piece in ["{", "}"] {
+                    events.push(chunk(
+                        json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                        Value::Null,
+                    ));
+                }
+                events.push(chunk(json!({}), json!("tool_calls")));
             }
-            events.push(chunk(json!({}), json!("tool_calls")));
-        }
-        None => {
-            events.extend(
-                words
-                    .iter()
-                    .map(|w| chunk(json!({"content": w}), Value::Null)),
-            );
-            events.push(chunk(json!({}), json!("stop")));
+            None => {
+                events.extend(
+                    words
+                        .iter()
+                        .map(|w| chunk(json!({"content": w}), Value::Null)),
+                );
+                events.push(chunk(json!({}), json!("stop")));
+            }
         }
     }
     if body
