@@ -103,14 +103,7 @@ async fn model(
         .then(|| model_object(&cfg, &id, false))
         .flatten()
         .map(|m| axum::Json(m).into_response())
-        .ok_or_else(|| {
-            ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                Some("model_not_found"),
-                format!("The model `{id}` does not exist or you do not have access to it."),
-            )
-        })
+        .ok_or_else(|| ApiError::model_not_found(&id))
 }
 
 /// OpenAI's model object for a group, or for a model name served by an enabled channel (with

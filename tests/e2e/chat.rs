@@ -225,6 +225,7 @@ async fn a_model_is_retrieved_as_openai_answers_it() {
         let body: Value = resp.json().await.expect("json");
         assert_eq!(body["error"]["code"], "model_not_found", "{path}");
         assert_eq!(body["error"]["type"], "invalid_request_error", "{path}");
+        assert_eq!(body["error"]["param"], "model", "{path}");
     }
     let mine = get("/v1/models/m1", "sk-only-m1").await.expect("send");
     assert_eq!(mine.status(), 200);

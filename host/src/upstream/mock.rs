@@ -4,9 +4,10 @@
 //! It echoes the last user message (under each of `n` choices), calls the first tool when the
 //! request offers tools, streams word by word, reports usage, answers `/embeddings` with
 //! deterministic unit vectors (the same text always gets the same vector), and fails on purpose
-//! for models named `mock-error-<status>`. Requests to `…/messages` get Anthropic's Messages format instead
-//! (answers, `tool_use`, and the event stream), and requests to `…:generateContent` /
-//! `…:streamGenerateContent` Gemini's, so the `anthropic` and `gemini` adapters run offline too.
+//! for models named `mock-error-<status>`. Requests to `…/messages` get Anthropic's Messages
+//! format instead (answers, `tool_use`, and the event stream), and requests to
+//! `…:generateContent` / `…:streamGenerateContent` Gemini's, so the `anthropic` and `gemini`
+//! adapters run offline too.
 
 use bytes::Bytes;
 use serde_json::{Value, json};
