@@ -65,10 +65,12 @@ pub async fn round(app: &Arc<App>) {
             }
             .to_string(),
             request_id: format!("hc_{:016x}", fastrand::u64(..)),
+            client_request_id: None,
             key_id: "health-check".into(),
             key_budget: Default::default(),
             group: None,
             upstream_us: Default::default(),
+            recorded: Default::default(),
         });
         match attempt(&scope, idx, 1).await {
             Ok(_) => tracing::debug!(channel = %ch.id, "health check passed"),

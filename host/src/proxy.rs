@@ -47,11 +47,17 @@ pub struct RequestScope {
     pub facts: Facts,
     pub body: String,
     pub request_id: String,
+    /// The client's own id for the request (`X-Client-Request-Id`), when it sent one.
+    pub client_request_id: Option<String>,
     pub key_id: String,
     pub key_budget: crate::budget::Limits,
     pub group: Option<String>,
     /// Microseconds spent waiting on upstreams, over every attempt (for the overhead metric).
     pub upstream_us: std::sync::atomic::AtomicU64,
+    /// Set once an attempt has built its usage row: a request whose every channel was passed
+    /// over before anything was sent (cooling down, over budget, unsupported) has none, and gets
+    /// one row of its own.
+    pub recorded: std::sync::atomic::AtomicBool,
 }
 
 impl RequestScope {

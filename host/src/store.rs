@@ -37,6 +37,10 @@ const SQLITE: &[(i64, &str)] = &[
         3,
         include_str!("../migrations/sqlite/0003_usage_endpoint.sql"),
     ),
+    (
+        4,
+        include_str!("../migrations/sqlite/0004_client_request_id.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -47,6 +51,10 @@ const POSTGRES: &[(i64, &str)] = &[
     (
         3,
         include_str!("../migrations/postgres/0003_usage_endpoint.sql"),
+    ),
+    (
+        4,
+        include_str!("../migrations/postgres/0004_client_request_id.sql"),
     ),
 ];
 

@@ -17,6 +17,14 @@ assert r.object == "chat.completion", r
 assert "hello sdk" in r.choices[0].message.content, r
 assert r.choices[0].finish_reason == "stop", r
 assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens, r.usage
+assert r._request_id.startswith("req_"), r._request_id
+
+# The client's own request id, sent as OpenAI takes it, comes back beside the gateway's.
+raw = client.chat.completions.with_raw_response.create(
+    model="auto:free", messages=[{"role": "user", "content": "traced"}],
+    extra_headers={"X-Client-Request-Id": "sdk-trace-42"})
+assert raw.headers["x-client-request-id"] == "sdk-trace-42", dict(raw.headers)
+assert raw.request_id.startswith("req_") and "traced" in raw.parse().choices[0].message.content
 
 # Streaming with the final usage chunk.
 chunks = list(client.chat.completions.create(

@@ -23,6 +23,11 @@ impl Attempt {
         if let Ok(v) = HeaderValue::from_str(&self.scope.request_id) {
             headers.insert("x-request-id", v);
         }
+        if let Some(v) =
+            (self.scope.client_request_id.as_deref()).and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            headers.insert("x-client-request-id", v);
+        }
         if let Ok(v) = HeaderValue::from_str(&self.channel.id) {
             headers.insert("x-smart-router-channel", v);
         }
@@ -40,6 +45,7 @@ impl Attempt {
         ttft_ms: Option<u64>,
     ) -> UsageRecord {
         let s = &self.scope;
+        s.recorded.store(true, std::sync::atomic::Ordering::Relaxed);
         let (p, c) = usage.map_or((0, 0), |u| {
             (u64::from(u.prompt_tokens), u64::from(u.completion_tokens))
         });
@@ -57,6 +63,7 @@ impl Attempt {
             .settle(&self.hold, cost_micros.max(0) as u64);
         UsageRecord {
             request_id: s.request_id.clone(),
+            client_request_id: s.client_request_id.clone(),
             attempt: self.number,
             created_at_ms: self.started_ms,
             key_id: s.key_id.clone(),

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::Caller;
@@ -20,33 +21,85 @@ use crate::store::UsageRecord;
 pub async fn completions(
     State(app): State<Arc<App>>,
     caller: Caller,
+    client_id: ClientRequestId,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    serve(app, caller, body, Endpoint::Chat).await
+    serve(app, caller, client_id, body, Endpoint::Chat).await
 }
 
 pub async fn embeddings(
     State(app): State<Arc<App>>,
     caller: Caller,
+    client_id: ClientRequestId,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    serve(app, caller, body, Endpoint::Embeddings).await
+    serve(app, caller, client_id, body, Endpoint::Embeddings).await
+}
+
+/// The client's own id for a request: OpenAI's `X-Client-Request-Id`, or else an `X-Request-Id`
+/// that a proxy or tracing layer in front set. Kept on the request's usage rows, named in its log
+/// lines and echoed back as `X-Client-Request-Id`, beside the gateway's own `X-Request-Id`.
+pub struct ClientRequestId(Option<String>);
+
+/// The most a client's request id may hold, as OpenAI allows.
+const CLIENT_ID_MAX: usize = 512;
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientRequestId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let headers = &parts.headers;
+        if let Some(v) = headers.get("x-client-request-id").filter(|v| !v.is_empty()) {
+            // Asked for by name: a bad one is the client's mistake, said so rather than dropped.
+            return match client_id(v) {
+                Some(id) => Ok(Self(Some(id))),
+                None => Err(ApiError::invalid(format!(
+                    "The X-Client-Request-Id header must be at most {CLIENT_ID_MAX} printable ASCII characters."
+                ))),
+            };
+        }
+        // Set by infrastructure the client may not control: a bad one is only ignored.
+        Ok(Self(headers.get("x-request-id").and_then(client_id)))
+    }
+}
+
+fn client_id(v: &HeaderValue) -> Option<String> {
+    let b = v.as_bytes();
+    let printable = b.iter().all(|c| (b' '..=b'~').contains(c));
+    let id = std::str::from_utf8(b).ok()?.trim();
+    (printable && !id.is_empty() && b.len() <= CLIENT_ID_MAX).then(|| id.to_string())
+}
+
+/// A request's ids: the gateway's own, and the client's when it sent one.
+#[derive(Clone, Copy)]
+struct Ids<'a> {
+    request: &'a str,
+    client: Option<&'a str>,
 }
 
 async fn serve(
     app: Arc<App>,
     caller: Caller,
+    ClientRequestId(client): ClientRequestId,
     body: Result<Bytes, BytesRejection>,
     endpoint: Endpoint,
 ) -> Response {
     Counters::bump(&app.counters.requests);
     let request_id = new_request_id();
-    match handle(&app, caller, body, &request_id, endpoint).await {
+    let ids = Ids {
+        request: &request_id,
+        client: client.as_deref(),
+    };
+    match handle(&app, caller, body, ids, endpoint).await {
         Ok(resp) => resp,
         Err(e) => {
             let mut resp = e.into_response();
-            if let Ok(v) = axum::http::HeaderValue::from_str(&request_id) {
-                resp.headers_mut().insert("x-request-id", v);
+            let headers = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&request_id) {
+                headers.insert("x-request-id", v);
+            }
+            if let Some(v) = client.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                headers.insert("x-client-request-id", v);
             }
             resp
         }
@@ -57,7 +110,7 @@ async fn handle(
     app: &Arc<App>,
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
-    request_id: &str,
+    ids: Ids<'_>,
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
     let t0 = std::time::Instant::now();
@@ -71,23 +124,26 @@ async fn handle(
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("The request body is not valid UTF-8."))?;
     let facts = request_facts(text, endpoint)?;
+    let started = now_ms();
     if !caller.may_use(&facts.model) {
-        return Err(ApiError::new(
+        let e = ApiError::new(
             StatusCode::FORBIDDEN,
             "invalid_request_error",
             Some("model_not_allowed"),
             format!("This key may not use the model `{}`.", facts.model),
-        ));
+        );
+        record_unanswered(app, &caller.key_id, ids, &facts, None, started, &e).await;
+        return Err(e);
     }
     let cfg = app.config.load_full();
     let comps = app.components.load_full();
-    let started = now_ms();
     // Inline: a call into a warm strategy takes microseconds, and the epoch deadline bounds a
     // hostile one (which is quarantined after a few failures).
     let plan = match plan(app, &cfg, &comps, &facts) {
         Ok(p) => p,
         Err(e) => {
-            record_unrouted(app, &caller.key_id, request_id, &facts, started, &e).await;
+            let group = cfg.groups.get(&facts.model).map(|g| g.name.clone());
+            record_unanswered(app, &caller.key_id, ids, &facts, group, started, &e).await;
             return Err(e);
         }
     };
@@ -98,13 +154,16 @@ async fn handle(
         group: plan.group.clone(),
         facts,
         body: text.to_string(),
-        request_id: request_id.to_string(),
+        request_id: ids.request.to_string(),
+        client_request_id: ids.client.map(str::to_string),
         key_id: caller.key_id,
         key_budget: caller.budget,
         upstream_us: Default::default(),
+        recorded: Default::default(),
     });
 
     let mut failures: Vec<(String, &'static str, String, Option<u64>)> = Vec::new();
+    let mut fatal = None;
     for (n, &idx) in plan
         .channels
         .iter()
@@ -122,19 +181,30 @@ async fn handle(
                     .observe((t0.elapsed().as_micros() as u64).saturating_sub(upstream));
                 return Ok(resp);
             }
-            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Fatal(e)) => {
+                fatal = Some(e);
+                break;
+            }
             Err(Failure::Retry {
                 class,
                 message,
                 retry_after_ms,
             }) => {
                 let id = cfg.channels[idx].id.clone();
-                tracing::info!(request_id, channel = %id, class, "attempt failed: {message}");
+                let (request_id, client_request_id) = (ids.request, ids.client);
+                tracing::info!(request_id, client_request_id, channel = %id, class, "attempt failed: {message}");
                 failures.push((id, class, message, retry_after_ms));
             }
         }
     }
-    Err(all_failed(&failures))
+    let e = fatal.unwrap_or_else(|| all_failed(&failures));
+    // Every channel was passed over before anything was sent (cooling down, over budget, the
+    // adapter refusing the request): no attempt has a row, so the request gets one.
+    if !scope.recorded.load(std::sync::atomic::Ordering::Relaxed) {
+        let s = &scope;
+        record_unanswered(app, &s.key_id, ids, &s.facts, s.group.clone(), started, &e).await;
+    }
+    Err(e)
 }
 
 /// The client's error when every channel tried failed.
@@ -204,25 +274,36 @@ fn all_failed(failures: &[(String, &'static str, String, Option<u64>)]) -> ApiEr
     }
 }
 
-/// A request that reached no channel still leaves a row.
-async fn record_unrouted(
+/// A request that no upstream answered nor was sent (refused, unroutable, every channel passed
+/// over) still leaves a row: attempt 0, no channel, the client's error code as its class.
+async fn record_unanswered(
     app: &App,
     key_id: &str,
-    request_id: &str,
+    ids: Ids<'_>,
     facts: &Facts,
+    group_name: Option<String>,
     started: u64,
     e: &ApiError,
 ) {
     app.usage
         .record(UsageRecord {
-            request_id: request_id.to_string(),
+            request_id: ids.request.to_string(),
+            client_request_id: ids.client.map(str::to_string),
             attempt: 0,
             created_at_ms: started,
             key_id: key_id.to_string(),
             requested_model: facts.model.clone(),
             endpoint: facts.endpoint,
+            group_name,
             is_stream: facts.is_stream,
-            outcome: "error",
+            latency_ms: now_ms().saturating_sub(started),
+            // The request itself was at fault (a model it may not use, `n` no channel offers),
+            // not the gateway nor a provider (429, 402, 502).
+            outcome: if e.kind == "invalid_request_error" {
+                "client_error"
+            } else {
+                "error"
+            },
             error_class: Some(e.code.unwrap_or("no_channel").to_string()),
             error_message: Some(e.message.clone()),
             status: 0,

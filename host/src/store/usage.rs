@@ -10,6 +10,8 @@ use super::Store;
 #[derive(Debug, Clone, Default)]
 pub struct UsageRecord {
     pub request_id: String,
+    /// The client's own id for the request (`X-Client-Request-Id`), when it sent one.
+    pub client_request_id: Option<String>,
     /// 1 for the first channel tried, 2 for the first failover…; 0 when no channel was tried.
     pub attempt: u32,
     pub created_at_ms: u64,
@@ -54,9 +56,9 @@ const LINGER_STEP: std::time::Duration = std::time::Duration::from_millis(10);
 const LINGER_STEPS: u32 = 5;
 /// Records per step (6,400 a second) from which the writer keeps lingering.
 const BUSY_STEP_ROWS: usize = 64;
-/// Rows per INSERT statement (21 values each, well under SQLite's and Postgres's limits).
+/// Rows per INSERT statement (23 values each, well under SQLite's and Postgres's limits).
 const ROWS_PER_STATEMENT: usize = 128;
-const COLUMNS: usize = 22;
+const COLUMNS: usize = 23;
 
 enum Msg {
     Record(Box<UsageRecord>),
@@ -223,7 +225,8 @@ async fn insert(
                 .bind(r.outcome)
                 .bind(r.error_class.as_deref())
                 .bind(r.error_message.as_deref())
-                .bind(r.endpoint.as_str());
+                .bind(r.endpoint.as_str())
+                .bind(r.client_request_id.as_deref());
         }
         q.execute(&mut *tx).await?;
     }
@@ -236,7 +239,7 @@ fn insert_sql(rows: usize, backend: super::Backend) -> String {
     let mut sql = String::from(
         "INSERT INTO usage (request_id, attempt, created_at_ms, key_id, requested_model, group_name, channel_id, provider, \
          upstream_model, is_stream, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_micros, \
-         latency_ms, ttft_ms, status, outcome, error_class, error_message, endpoint) VALUES ",
+         latency_ms, ttft_ms, status, outcome, error_class, error_message, endpoint, client_request_id) VALUES ",
     );
     for row in 0..rows {
         sql.push_str(if row == 0 { "(" } else { ", (" });
