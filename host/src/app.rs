@@ -111,6 +111,29 @@ impl App {
     }
 }
 
+impl App {
+    /// Drops a key from the cache at once (it was revoked): this instance refuses it from the
+    /// next request; other instances sharing the database, once their cache entry expires.
+    pub fn forget_key(&self, id: &str) {
+        let mut cache = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|_, (rec, _)| rec.id != id);
+    }
+}
+
+/// A new gateway key: its id, the key itself (shown once, never stored) and the SHA-256 hex of
+/// it (what is stored).
+pub fn mint_key() -> (String, String, String) {
+    let key = format!(
+        "sk-sr-{:016x}{:016x}{:016x}",
+        fastrand::u64(..),
+        fastrand::u64(..),
+        fastrand::u64(..)
+    );
+    let hash = hex(&<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()));
+    let id = format!("key_{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff);
+    (id, key, hash)
+}
+
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sha2::{Digest, Sha256};
 
 #[derive(Parser)]
 #[command(
@@ -95,6 +94,26 @@ enum KeysCommand {
         )]
         database: String,
     },
+    /// List the keys (ids, names, models, budgets; never the keys themselves).
+    List {
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "sqlite://data/smart-router.db"
+        )]
+        database: String,
+    },
+    /// Revoke a key by its id: running gateways refuse it within 30 seconds (at once through
+    /// `DELETE /admin/keys/{id}` on the gateway itself).
+    Revoke {
+        id: String,
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "sqlite://data/smart-router.db"
+        )]
+        database: String,
+    },
 }
 
 #[global_allocator]
@@ -176,25 +195,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             axum::serve(listener, app).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keys {
-            action:
-                KeysCommand::Create {
-                    name,
-                    models,
-                    daily_budget,
-                    monthly_budget,
-                    database,
-                },
+        Command::Keys { action } => keys(action).await,
+    }
+}
+
+/// `smart-router keys …`.
+async fn keys(action: KeysCommand) -> anyhow::Result<ExitCode> {
+    match action {
+        KeysCommand::Create {
+            name,
+            models,
+            daily_budget,
+            monthly_budget,
+            database,
         } => {
             let store = smart_router::store::Store::connect(&database).await?;
-            let key = format!(
-                "sk-sr-{:016x}{:016x}{:016x}",
-                fastrand::u64(..),
-                fastrand::u64(..),
-                fastrand::u64(..)
-            );
-            let hash = smart_router::app::hex(&Sha256::digest(key.as_bytes()));
-            let id = format!("key_{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff);
+            let (id, key, hash) = smart_router::app::mint_key();
             store
                 .create_key(
                     &id,
@@ -210,6 +226,39 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{key}");
             eprintln!("created key `{name}` ({id}); it is shown only now and stored as a hash");
             Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::List { database } => {
+            let store = smart_router::store::Store::connect(&database).await?;
+            let dollars =
+                |m: Option<u64>| m.map_or("-".to_string(), |m| format!("{:.2}", m as f64 / 1e6));
+            println!(
+                "{:<17} {:<20} {:<8} {:>8} {:>9}  models",
+                "id", "name", "state", "daily $", "monthly $"
+            );
+            for k in store.list_keys().await? {
+                println!(
+                    "{:<17} {:<20} {:<8} {:>8} {:>9}  {}",
+                    k.key.id,
+                    k.key.name,
+                    if k.revoked { "revoked" } else { "active" },
+                    dollars(k.key.budget.daily_micros),
+                    dollars(k.key.budget.monthly_micros),
+                    k.key
+                        .allowed_models
+                        .map_or("*".to_string(), |m| m.join(",")),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Revoke { id, database } => {
+            let store = smart_router::store::Store::connect(&database).await?;
+            if store.revoke_key(&id).await? {
+                eprintln!("revoked key {id}; running gateways refuse it within 30 seconds");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("error: there is no key with the id `{id}` (`keys list` shows them)");
+                Ok(ExitCode::FAILURE)
+            }
         }
     }
 }

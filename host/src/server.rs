@@ -6,6 +6,7 @@ mod auth;
 mod chat;
 mod cors;
 pub mod error;
+mod keys;
 mod listen;
 
 pub use listen::{
@@ -41,6 +42,8 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/admin/stats", get(admin::stats))
         .route("/admin/stats/daily", get(admin::daily))
         .route("/admin/channels", get(admin::channels))
+        .route("/admin/keys", get(keys::list).post(keys::create))
+        .route("/admin/keys/{id}", axum::routing::delete(keys::revoke))
         // After every route: it applies to the routes already added.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)

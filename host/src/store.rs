@@ -69,6 +69,31 @@ pub struct KeyRecord {
     pub budget: crate::budget::Limits,
 }
 
+/// A gateway key as listed: what it may do, not what it is.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    pub key: KeyRecord,
+    pub created_at_ms: u64,
+    pub revoked: bool,
+}
+
+fn allowed_models(r: &sqlx::any::AnyRow) -> Option<Vec<String>> {
+    r.get::<Option<String>, _>("allowed_models").map(|s| {
+        s.split(',')
+            .map(|m| m.trim().to_string())
+            .filter(|m| !m.is_empty())
+            .collect()
+    })
+}
+
+fn key_budget(r: &sqlx::any::AnyRow) -> crate::budget::Limits {
+    let micros = |col: &str| r.get::<Option<i64>, _>(col).map(|v| v.max(0) as u64);
+    crate::budget::Limits {
+        daily_micros: micros("budget_daily_micros"),
+        monthly_micros: micros("budget_monthly_micros"),
+    }
+}
+
 /// The database.
 #[derive(Clone)]
 pub struct Store {
@@ -212,21 +237,49 @@ impl Store {
         Ok(row.map(|r| KeyRecord {
             id: r.get("id"),
             name: r.get("name"),
-            allowed_models: r.get::<Option<String>, _>("allowed_models").map(|s| {
-                s.split(',')
-                    .map(|m| m.trim().to_string())
-                    .filter(|m| !m.is_empty())
-                    .collect()
-            }),
-            budget: crate::budget::Limits {
-                daily_micros: r
-                    .get::<Option<i64>, _>("budget_daily_micros")
-                    .map(|v| v.max(0) as u64),
-                monthly_micros: r
-                    .get::<Option<i64>, _>("budget_monthly_micros")
-                    .map(|v| v.max(0) as u64),
-            },
+            allowed_models: allowed_models(&r),
+            budget: key_budget(&r),
         }))
+    }
+
+    /// Every key, revoked ones too, oldest first.
+    pub async fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
+        let store = self.clone();
+        self.at_home(async move {
+            let rows = sqlx::query(
+                "SELECT id, name, allowed_models, budget_daily_micros, budget_monthly_micros, created_at_ms, disabled \
+                 FROM api_keys ORDER BY created_at_ms, id",
+            )
+            .fetch_all(&store.pool)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| KeyInfo {
+                    key: KeyRecord {
+                        id: r.get("id"),
+                        name: r.get("name"),
+                        allowed_models: allowed_models(r),
+                        budget: key_budget(r),
+                    },
+                    created_at_ms: r.get::<i64, _>("created_at_ms").max(0) as u64,
+                    revoked: r.get::<i64, _>("disabled") != 0,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Revokes the key with this id; false when there is none.
+    pub async fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
+        let (store, id) = (self.clone(), id.to_string());
+        self.at_home(async move {
+            let done = sqlx::query("UPDATE api_keys SET disabled = 1 WHERE id = $1")
+                .bind(&id)
+                .execute(&store.pool)
+                .await?;
+            Ok(done.rows_affected() > 0)
+        })
+        .await
     }
 
     /// Stores a new key's hash, with its allowed models and budget.
@@ -238,17 +291,24 @@ impl Store {
         allowed_models: Option<&str>,
         budget: crate::budget::Limits,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO api_keys (id, name, key_hash, allowed_models, created_at_ms, disabled, budget_daily_micros, budget_monthly_micros) VALUES ($1, $2, $3, $4, $5, 0, $6, $7)")
-            .bind(id)
-            .bind(name)
-            .bind(key_hash)
-            .bind(allowed_models)
-            .bind(crate::stats::now_ms() as i64)
-            .bind(budget.daily_micros.map(|v| v as i64))
-            .bind(budget.monthly_micros.map(|v| v as i64))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let store = self.clone();
+        let owned = |s: &str| s.to_string();
+        let (id, name, key_hash) = (owned(id), owned(name), owned(key_hash));
+        let allowed_models = allowed_models.map(owned);
+        self.at_home(async move {
+            sqlx::query("INSERT INTO api_keys (id, name, key_hash, allowed_models, created_at_ms, disabled, budget_daily_micros, budget_monthly_micros) VALUES ($1, $2, $3, $4, $5, 0, $6, $7)")
+                .bind(id)
+                .bind(name)
+                .bind(key_hash)
+                .bind(allowed_models)
+                .bind(crate::stats::now_ms() as i64)
+                .bind(budget.daily_micros.map(|v| v as i64))
+                .bind(budget.monthly_micros.map(|v| v as i64))
+                .execute(&store.pool)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Requests, tokens and cost per channel since `since_ms` (seeds the daily limits at start-up).

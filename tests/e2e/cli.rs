@@ -157,6 +157,74 @@ async fn serve_answers_with_a_created_key_and_stops_gracefully_on_sigterm() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `keys list` shows what each key may do, never the key; `keys revoke` turns one off, and a
+/// gateway started afterwards refuses it.
+#[tokio::test]
+async fn keys_are_listed_and_revoked_from_the_command_line() {
+    let dir = temp_dir("keys");
+    let db = format!("sqlite://{}", dir.join("db.sqlite").display());
+    let run = |args: &[&str]| {
+        let out = Command::new(binary())
+            .args(args)
+            .args(["--database", &db])
+            .output()
+            .expect("run");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let (ok, key, err) = run(&[
+        "keys",
+        "create",
+        "--name",
+        "ops",
+        "--models",
+        "auto:free",
+        "--daily-budget",
+        "2.5",
+    ]);
+    assert!(ok, "{err}");
+    let key = key.trim().to_string();
+    let (ok, listed, err) = run(&["keys", "list"]);
+    assert!(ok, "{err}");
+    let line = listed
+        .lines()
+        .find(|l| l.contains(" ops "))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(
+        line.contains("active") && line.contains("2.50") && line.contains("auto:free"),
+        "{line}"
+    );
+    assert!(!listed.contains(&key), "{listed}");
+    let id = line.split_whitespace().next().expect("id").to_string();
+    assert!(id.starts_with("key_"), "{line}");
+
+    let (ok, _, err) = run(&["keys", "revoke", &id]);
+    assert!(ok, "{err}");
+    let (_, listed, _) = run(&["keys", "list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("revoked")),
+        "{listed}"
+    );
+    let (ok, _, err) = run(&["keys", "revoke", "key_nonexistent"]);
+    assert!(!ok && err.contains("no key with the id"), "{err}");
+
+    let (mut child, addr) = serve_binary(std::path::Path::new("config"), &db, None);
+    let status = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "auto:free", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("send")
+        .status();
+    assert_eq!(status, 401);
+    signal(&child, "TERM");
+    assert!(child.wait().expect("wait").success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// `mock-upstream`, the benchmark's upstream: OpenAI and Anthropic formats, and fault knobs.
 #[tokio::test]
 async fn the_mock_upstream_speaks_both_formats_and_injects_faults() {

@@ -14,6 +14,7 @@ mod failover;
 mod gemini;
 mod health;
 mod hostile;
+mod keys;
 mod openai;
 mod polyglot;
 mod postgres;

@@ -82,6 +82,23 @@ async fn usage_and_keys_work_on_postgres() {
         .expect("find")
         .expect("found");
     assert_eq!(key.allowed_models, Some(vec!["g".to_string()]));
+    let listed = gw.app.store.list_keys().await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].key.id.as_str(), listed[0].revoked),
+        ("key_pg", false)
+    );
+    assert!(gw.app.store.revoke_key("key_pg").await.expect("revoke"));
+    assert!(!gw.app.store.revoke_key("key_none").await.expect("revoke"));
+    assert!(
+        gw.app
+            .store
+            .find_key("abc123")
+            .await
+            .expect("find")
+            .is_none()
+    );
+    assert!(gw.app.store.list_keys().await.expect("list")[0].revoked);
 
     drop(gw);
     sqlx::raw_sql(&format!("DROP DATABASE {name} WITH (FORCE)"))

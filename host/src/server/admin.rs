@@ -32,7 +32,7 @@ pub struct DailyQuery {
     by: Option<String>,
 }
 
-fn admin_only(caller: &Caller) -> Result<(), ApiError> {
+pub(super) fn admin_only(caller: &Caller) -> Result<(), ApiError> {
     if caller.admin {
         Ok(())
     } else {
