@@ -42,6 +42,8 @@ pub struct App {
     pub runtime: Arc<Runtime>,
     pub stats: Stats,
     pub budgets: crate::budget::Budgets,
+    /// Requests per minute per gateway key.
+    pub key_rates: crate::ratelimit::KeyRates,
     pub store: Store,
     pub usage: UsageSink,
     pub upstream: Upstream,
@@ -287,6 +289,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         runtime,
         stats,
         budgets,
+        key_rates: Default::default(),
         store,
         usage,
         upstream,

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod pricing;
 pub mod proxy;
 pub mod quota;
+pub mod ratelimit;
 pub mod reload;
 pub mod router;
 pub mod server;

@@ -87,6 +87,9 @@ enum KeysCommand {
         /// Most the key may spend per month, in US dollars.
         #[arg(long)]
         monthly_budget: Option<f64>,
+        /// Most requests the key may send per minute (per gateway instance).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        rpm: Option<u32>,
         #[arg(
             long,
             env = "DATABASE_URL",
@@ -207,6 +210,7 @@ async fn keys(action: KeysCommand) -> anyhow::Result<ExitCode> {
             models,
             daily_budget,
             monthly_budget,
+            rpm,
             database,
         } => {
             let store = smart_router::store::Store::connect(&database).await?;
@@ -217,9 +221,13 @@ async fn keys(action: KeysCommand) -> anyhow::Result<ExitCode> {
                     &name,
                     &hash,
                     models.as_deref(),
-                    smart_router::budget::Limits {
-                        daily_micros: daily_budget.map(|d| (d * 1e6).round().max(0.0) as u64),
-                        monthly_micros: monthly_budget.map(|d| (d * 1e6).round().max(0.0) as u64),
+                    smart_router::store::KeyLimits {
+                        budget: smart_router::budget::Limits {
+                            daily_micros: daily_budget.map(|d| (d * 1e6).round().max(0.0) as u64),
+                            monthly_micros: monthly_budget
+                                .map(|d| (d * 1e6).round().max(0.0) as u64),
+                        },
+                        rpm,
                     },
                 )
                 .await?;
@@ -232,17 +240,18 @@ async fn keys(action: KeysCommand) -> anyhow::Result<ExitCode> {
             let dollars =
                 |m: Option<u64>| m.map_or("-".to_string(), |m| format!("{:.2}", m as f64 / 1e6));
             println!(
-                "{:<17} {:<20} {:<8} {:>8} {:>9}  models",
-                "id", "name", "state", "daily $", "monthly $"
+                "{:<17} {:<20} {:<8} {:>8} {:>9} {:>6}  models",
+                "id", "name", "state", "daily $", "monthly $", "rpm"
             );
             for k in store.list_keys().await? {
                 println!(
-                    "{:<17} {:<20} {:<8} {:>8} {:>9}  {}",
+                    "{:<17} {:<20} {:<8} {:>8} {:>9} {:>6}  {}",
                     k.key.id,
                     k.key.name,
                     if k.revoked { "revoked" } else { "active" },
                     dollars(k.key.budget.daily_micros),
                     dollars(k.key.budget.monthly_micros),
+                    k.key.rpm_limit.map_or("-".to_string(), |r| r.to_string()),
                     k.key
                         .allowed_models
                         .map_or("*".to_string(), |m| m.join(",")),

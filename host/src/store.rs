@@ -41,6 +41,10 @@ const SQLITE: &[(i64, &str)] = &[
         4,
         include_str!("../migrations/sqlite/0004_client_request_id.sql"),
     ),
+    (
+        5,
+        include_str!("../migrations/sqlite/0005_key_rpm_limit.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -56,6 +60,10 @@ const POSTGRES: &[(i64, &str)] = &[
         4,
         include_str!("../migrations/postgres/0004_client_request_id.sql"),
     ),
+    (
+        5,
+        include_str!("../migrations/postgres/0005_key_rpm_limit.sql"),
+    ),
 ];
 
 /// A gateway key as stored (never the key itself).
@@ -67,6 +75,26 @@ pub struct KeyRecord {
     pub allowed_models: Option<Vec<String>>,
     /// The key's budget.
     pub budget: crate::budget::Limits,
+    /// Requests per minute; `None` = no limit.
+    pub rpm_limit: Option<u32>,
+}
+
+/// What a new key may spend and how fast it may call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyLimits {
+    pub budget: crate::budget::Limits,
+    pub rpm: Option<u32>,
+}
+
+impl From<crate::budget::Limits> for KeyLimits {
+    fn from(budget: crate::budget::Limits) -> Self {
+        KeyLimits { budget, rpm: None }
+    }
+}
+
+fn rpm_limit(r: &sqlx::any::AnyRow) -> Option<u32> {
+    let v = r.get::<Option<i64>, _>("rpm_limit")?;
+    Some(v.clamp(1, i64::from(u32::MAX)) as u32)
 }
 
 /// A gateway key as listed: what it may do, not what it is.
@@ -229,7 +257,7 @@ impl Store {
 
     async fn find_key_here(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, name, allowed_models, budget_daily_micros, budget_monthly_micros FROM api_keys WHERE key_hash = $1 AND disabled = 0",
+            "SELECT id, name, allowed_models, budget_daily_micros, budget_monthly_micros, rpm_limit FROM api_keys WHERE key_hash = $1 AND disabled = 0",
         )
         .bind(key_hash)
         .fetch_optional(&self.pool)
@@ -239,6 +267,7 @@ impl Store {
             name: r.get("name"),
             allowed_models: allowed_models(&r),
             budget: key_budget(&r),
+            rpm_limit: rpm_limit(&r),
         }))
     }
 
@@ -247,7 +276,7 @@ impl Store {
         let store = self.clone();
         self.at_home(async move {
             let rows = sqlx::query(
-                "SELECT id, name, allowed_models, budget_daily_micros, budget_monthly_micros, created_at_ms, disabled \
+                "SELECT id, name, allowed_models, budget_daily_micros, budget_monthly_micros, rpm_limit, created_at_ms, disabled \
                  FROM api_keys ORDER BY created_at_ms, id",
             )
             .fetch_all(&store.pool)
@@ -260,6 +289,7 @@ impl Store {
                         name: r.get("name"),
                         allowed_models: allowed_models(r),
                         budget: key_budget(r),
+                        rpm_limit: rpm_limit(r),
                     },
                     created_at_ms: r.get::<i64, _>("created_at_ms").max(0) as u64,
                     revoked: r.get::<i64, _>("disabled") != 0,
@@ -289,14 +319,15 @@ impl Store {
         name: &str,
         key_hash: &str,
         allowed_models: Option<&str>,
-        budget: crate::budget::Limits,
+        limits: KeyLimits,
     ) -> Result<(), StoreError> {
+        let KeyLimits { budget, rpm } = limits;
         let store = self.clone();
         let owned = |s: &str| s.to_string();
         let (id, name, key_hash) = (owned(id), owned(name), owned(key_hash));
         let allowed_models = allowed_models.map(owned);
         self.at_home(async move {
-            sqlx::query("INSERT INTO api_keys (id, name, key_hash, allowed_models, created_at_ms, disabled, budget_daily_micros, budget_monthly_micros) VALUES ($1, $2, $3, $4, $5, 0, $6, $7)")
+            sqlx::query("INSERT INTO api_keys (id, name, key_hash, allowed_models, created_at_ms, disabled, budget_daily_micros, budget_monthly_micros, rpm_limit) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8)")
                 .bind(id)
                 .bind(name)
                 .bind(key_hash)
@@ -304,6 +335,7 @@ impl Store {
                 .bind(crate::stats::now_ms() as i64)
                 .bind(budget.daily_micros.map(|v| v as i64))
                 .bind(budget.monthly_micros.map(|v| v as i64))
+                .bind(rpm.map(i64::from))
                 .execute(&store.pool)
                 .await?;
             Ok(())

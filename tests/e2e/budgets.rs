@@ -90,7 +90,7 @@ async fn a_key_budget_names_the_key() {
     let hash = smart_router::app::hex(&<sha2::Sha256 as sha2::Digest>::digest(b"sk-budgeted"));
     gw.app
         .store
-        .create_key("key_b", "budgeted", &hash, None, limits)
+        .create_key("key_b", "budgeted", &hash, None, limits.into())
         .await
         .expect("key");
     let call = || {

@@ -181,6 +181,8 @@ async fn keys_are_listed_and_revoked_from_the_command_line() {
         "auto:free",
         "--daily-budget",
         "2.5",
+        "--rpm",
+        "30",
     ]);
     assert!(ok, "{err}");
     let key = key.trim().to_string();
@@ -194,6 +196,7 @@ async fn keys_are_listed_and_revoked_from_the_command_line() {
         line.contains("active") && line.contains("2.50") && line.contains("auto:free"),
         "{line}"
     );
+    assert!(line.split_whitespace().any(|w| w == "30"), "{line}");
     assert!(!listed.contains(&key), "{listed}");
     let id = line.split_whitespace().next().expect("id").to_string();
     assert!(id.starts_with("key_"), "{line}");

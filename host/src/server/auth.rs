@@ -18,6 +18,8 @@ pub struct Caller {
     pub allowed: Option<Vec<String>>,
     /// The key's budget.
     pub budget: crate::budget::Limits,
+    /// Requests per minute; `None` = no limit.
+    pub rpm_limit: Option<u32>,
     /// May use the admin API (the master key).
     pub admin: bool,
 }
@@ -73,6 +75,7 @@ impl FromRequestParts<Arc<App>> for Caller {
                 key_id: "master".into(),
                 allowed: None,
                 budget: crate::budget::Limits::default(),
+                rpm_limit: None,
                 admin: true,
             });
         }
@@ -81,6 +84,7 @@ impl FromRequestParts<Arc<App>> for Caller {
                 key_id: rec.id,
                 allowed: rec.allowed_models,
                 budget: rec.budget,
+                rpm_limit: rec.rpm_limit,
                 admin: false,
             }),
             Ok(None) => Err(ApiError::unauthorized("Incorrect API key provided.")),

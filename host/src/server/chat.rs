@@ -90,7 +90,8 @@ async fn serve(
         request: &request_id,
         client: client.as_deref(),
     };
-    match handle(&app, caller, body, ids, endpoint).await {
+    let mut allowance = None;
+    let mut resp = match handle(&app, caller, body, ids, endpoint, &mut allowance).await {
         Ok(resp) => resp,
         Err(e) => {
             let mut resp = e.into_response();
@@ -103,7 +104,15 @@ async fn serve(
             }
             resp
         }
+    };
+    if let Some(a) = allowance {
+        for (name, value) in a.headers() {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, v);
+            }
+        }
     }
+    resp
 }
 
 async fn handle(
@@ -112,6 +121,7 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
     ids: Ids<'_>,
     endpoint: Endpoint,
+    allowance: &mut Option<crate::ratelimit::Allowance>,
 ) -> Result<Response, ApiError> {
     let t0 = std::time::Instant::now();
     let body = body.map_err(|e| {
@@ -134,6 +144,28 @@ async fn handle(
         );
         record_unanswered(app, &caller.key_id, ids, &facts, None, started, &e).await;
         return Err(e);
+    }
+    if let Some(limit) = caller.rpm_limit {
+        match app.key_rates.take(&caller.key_id, limit, started) {
+            Ok(a) => *allowance = Some(a),
+            Err(refused) => {
+                *allowance = Some(refused.allowance);
+                let wait = refused.retry_after_ms;
+                let e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    Some("rate_limit_exceeded"),
+                    format!(
+                        "Rate limit reached for key `{}`: {limit} requests per minute. Retry in {:.1}s.",
+                        caller.key_id,
+                        wait as f64 / 1000.0
+                    ),
+                )
+                .with_retry_after(Some(wait.div_ceil(1000)));
+                record_unanswered(app, &caller.key_id, ids, &facts, None, started, &e).await;
+                return Err(e);
+            }
+        }
     }
     let cfg = app.config.load_full();
     let comps = app.components.load_full();

@@ -1,7 +1,7 @@
 //! Gateway keys over the admin API (master key), as `smart-router keys` manages them from a shell:
 //!
 //! - `POST /admin/keys` — creates a key: `{"name": "…", "models": ["…"], "daily_budget": 5.0,
-//!   "monthly_budget": 100.0}` (all but `name` optional). The answer holds the key itself, once;
+//!   "monthly_budget": 100.0, "rpm_limit": 60}` (all but `name` optional). The answer holds the key itself, once;
 //!   only its SHA-256 is stored.
 //! - `GET /admin/keys` — every key: id, name, models, budgets, when created, whether revoked.
 //! - `DELETE /admin/keys/{id}` — revokes a key: this instance refuses it from the next request,
@@ -20,7 +20,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use crate::app::App;
 use crate::budget::Limits;
-use crate::store::{KeyInfo, KeyRecord, StoreError};
+use crate::store::{KeyInfo, KeyLimits, KeyRecord, StoreError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +29,7 @@ pub struct NewKey {
     models: Option<Vec<String>>,
     daily_budget: Option<f64>,
     monthly_budget: Option<f64>,
+    rpm_limit: Option<u32>,
 }
 
 fn store_failed(e: StoreError) -> ApiError {
@@ -57,6 +58,7 @@ fn key_object(key: &KeyRecord, created_at_ms: u64, revoked: bool) -> Value {
         "models": key.allowed_models,
         "daily_budget": dollars(key.budget.daily_micros),
         "monthly_budget": dollars(key.budget.monthly_micros),
+        "rpm_limit": key.rpm_limit,
         "created_at": created_at_ms / 1000,
         "revoked": revoked,
     })
@@ -91,10 +93,20 @@ pub async fn create(
         daily_micros: micros("daily_budget", new.daily_budget)?,
         monthly_micros: micros("monthly_budget", new.monthly_budget)?,
     };
+    if new.rpm_limit == Some(0) {
+        return Err(ApiError::invalid_param(
+            "rpm_limit",
+            "`rpm_limit` must be at least 1 request per minute; leave it out for no limit.",
+        ));
+    }
     let (id, key, hash) = crate::app::mint_key();
     let joined = models.as_ref().map(|m| m.join(","));
+    let limits = KeyLimits {
+        budget,
+        rpm: new.rpm_limit,
+    };
     app.store
-        .create_key(&id, name, &hash, joined.as_deref(), budget)
+        .create_key(&id, name, &hash, joined.as_deref(), limits)
         .await
         .map_err(store_failed)?;
     tracing::info!(key_id = %id, name, "created a gateway key");
@@ -103,6 +115,7 @@ pub async fn create(
         name: name.to_string(),
         allowed_models: models,
         budget,
+        rpm_limit: new.rpm_limit,
     };
     let mut out = key_object(&record, crate::stats::now_ms(), false);
     out["key"] = Value::String(key);
