@@ -25,6 +25,9 @@ pub struct Counters {
     pub adapter_failures: AtomicU64,
     pub upstream_failures: AtomicU64,
     pub failovers: AtomicU64,
+    /// Requests answered from the answer cache, and requests it applied to but could not answer.
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
     /// Time a request spent in the gateway itself: total minus waiting on upstreams.
     pub overhead: crate::metrics::Histogram,
 }
@@ -44,6 +47,10 @@ pub struct App {
     pub budgets: crate::budget::Budgets,
     /// Requests per minute per gateway key.
     pub key_rates: crate::ratelimit::KeyRates,
+    /// Tokens per minute per gateway key.
+    pub key_tokens: crate::ratelimit::KeyRates,
+    /// Answers kept for identical requests.
+    pub cache: crate::cache::Cache,
     pub store: Store,
     pub usage: UsageSink,
     pub upstream: Upstream,
@@ -289,7 +296,9 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         runtime,
         stats,
         budgets,
-        key_rates: Default::default(),
+        key_rates: crate::ratelimit::KeyRates::new(crate::ratelimit::Unit::Requests),
+        key_tokens: crate::ratelimit::KeyRates::new(crate::ratelimit::Unit::Tokens),
+        cache: Default::default(),
         store,
         usage,
         upstream,

@@ -94,6 +94,9 @@ pub struct System {
     /// Time between active health-check rounds; `None`: off.
     pub health_interval: Option<Duration>,
     pub health_include_paid: bool,
+    /// Seconds answers are cached for models and groups without their own setting (0: off).
+    pub cache_ttl_secs: u64,
+    pub cache_max_bytes: usize,
 }
 
 /// A provider account.
@@ -193,6 +196,16 @@ pub struct Group {
     pub filters: Filters,
     pub budget: crate::budget::Limits,
     pub members: Vec<Member>,
+    /// The group's own cache lifetime in seconds (0: off); `None` follows `system.yaml`.
+    pub cache_ttl_secs: Option<u64>,
+}
+
+impl Config {
+    /// How long answers to `model` (a group or a plain model name) are cached, if at all.
+    pub fn cache_ttl_secs(&self, model: &str) -> Option<u64> {
+        let own = self.groups.get(model).and_then(|g| g.cache_ttl_secs);
+        Some(own.unwrap_or(self.system.cache_ttl_secs)).filter(|&t| t > 0)
+    }
 }
 
 /// The whole resolved configuration. Immutable; a reload builds a new one.

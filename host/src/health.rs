@@ -71,6 +71,9 @@ pub async fn round(app: &Arc<App>) {
             group: None,
             upstream_us: Default::default(),
             recorded: Default::default(),
+            key_tpm: None,
+            tpm_held: Default::default(),
+            cache: None,
         });
         match attempt(&scope, idx, 1).await {
             Ok(_) => tracing::debug!(channel = %ch.id, "health check passed"),

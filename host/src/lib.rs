@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod budget;
+pub mod cache;
 pub mod components;
 pub mod config;
 pub mod health;

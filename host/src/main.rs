@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -26,13 +26,8 @@ enum Command {
         /// Address to listen on (default: system.yaml's server.listen, else 127.0.0.1:8000).
         #[arg(long, env = "SMART_ROUTER_LISTEN")]
         listen: Option<String>,
-        /// sqlite:PATH or postgres://… (default: SQLite under data/).
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "sqlite://data/smart-router.db"
-        )]
-        database: String,
+        #[command(flatten)]
+        db: Database,
         /// Where compiled components are cached across restarts (`none` turns it off).
         #[arg(
             long,
@@ -71,6 +66,18 @@ enum Command {
     },
 }
 
+/// The database every command that reads or writes state takes.
+#[derive(Args)]
+struct Database {
+    /// sqlite:PATH or postgres://… (default: SQLite under data/).
+    #[arg(
+        long = "database",
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/smart-router.db"
+    )]
+    url: String,
+}
+
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Create a key; it is printed once and stored only as a hash.
@@ -90,32 +97,23 @@ enum KeysCommand {
         /// Most requests the key may send per minute (per gateway instance).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         rpm: Option<u32>,
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "sqlite://data/smart-router.db"
-        )]
-        database: String,
+        /// Most tokens (prompt and completion) the key may use per minute (per gateway instance).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        tpm: Option<u32>,
+        #[command(flatten)]
+        db: Database,
     },
     /// List the keys (ids, names, models, budgets; never the keys themselves).
     List {
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "sqlite://data/smart-router.db"
-        )]
-        database: String,
+        #[command(flatten)]
+        db: Database,
     },
     /// Revoke a key by its id: running gateways refuse it within 30 seconds (at once through
     /// `DELETE /admin/keys/{id}` on the gateway itself).
     Revoke {
         id: String,
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "sqlite://data/smart-router.db"
-        )]
-        database: String,
+        #[command(flatten)]
+        db: Database,
     },
 }
 
@@ -160,13 +158,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve {
             config,
             listen,
-            database,
+            db,
             component_cache,
             workers,
         } => {
             let running = smart_router::start(smart_router::Options {
                 config_dir: config,
-                database_url: database,
+                database_url: db.url,
                 listen,
                 master_key: std::env::var("SMART_ROUTER_MASTER_KEY").ok(),
                 component_cache: (component_cache != "none").then(|| component_cache.into()),
@@ -211,9 +209,10 @@ async fn keys(action: KeysCommand) -> anyhow::Result<ExitCode> {
             daily_budget,
             monthly_budget,
             rpm,
-            database,
+            tpm,
+            db,
         } => {
-            let store = smart_router::store::Store::connect(&database).await?;
+            let store = smart_router::store::Store::connect(&db.url).await?;
             let (id, key, hash) = smart_router::app::mint_key();
             store
                 .create_key(
@@ -228,6 +227,7 @@ async fn keys(action: KeysCommand) -> anyhow::Result<ExitCode> {
                                 .map(|d| (d * 1e6).round().max(0.0) as u64),
                         },
                         rpm,
+                        tpm,
                     },
                 )
                 .await?;
@@ -235,23 +235,24 @@ async fn keys(action: KeysCommand) -> anyhow::Result<ExitCode> {
             eprintln!("created key `{name}` ({id}); it is shown only now and stored as a hash");
             Ok(ExitCode::SUCCESS)
         }
-        KeysCommand::List { database } => {
-            let store = smart_router::store::Store::connect(&database).await?;
+        KeysCommand::List { db } => {
+            let store = smart_router::store::Store::connect(&db.url).await?;
             let dollars =
                 |m: Option<u64>| m.map_or("-".to_string(), |m| format!("{:.2}", m as f64 / 1e6));
             println!(
-                "{:<17} {:<20} {:<8} {:>8} {:>9} {:>6}  models",
-                "id", "name", "state", "daily $", "monthly $", "rpm"
+                "{:<17} {:<20} {:<8} {:>8} {:>9} {:>6} {:>8}  models",
+                "id", "name", "state", "daily $", "monthly $", "rpm", "tpm"
             );
             for k in store.list_keys().await? {
                 println!(
-                    "{:<17} {:<20} {:<8} {:>8} {:>9} {:>6}  {}",
+                    "{:<17} {:<20} {:<8} {:>8} {:>9} {:>6} {:>8}  {}",
                     k.key.id,
                     k.key.name,
                     if k.revoked { "revoked" } else { "active" },
                     dollars(k.key.budget.daily_micros),
                     dollars(k.key.budget.monthly_micros),
                     k.key.rpm_limit.map_or("-".to_string(), |r| r.to_string()),
+                    k.key.tpm_limit.map_or("-".to_string(), |r| r.to_string()),
                     k.key
                         .allowed_models
                         .map_or("*".to_string(), |m| m.join(",")),
@@ -259,8 +260,8 @@ async fn keys(action: KeysCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        KeysCommand::Revoke { id, database } => {
-            let store = smart_router::store::Store::connect(&database).await?;
+        KeysCommand::Revoke { id, db } => {
+            let store = smart_router::store::Store::connect(&db.url).await?;
             if store.revoke_key(&id).await? {
                 eprintln!("revoked key {id}; running gateways refuse it within 30 seconds");
                 Ok(ExitCode::SUCCESS)

@@ -58,6 +58,28 @@ pub struct RequestScope {
     /// over before anything was sent (cooling down, over budget, unsupported) has none, and gets
     /// one row of its own.
     pub recorded: std::sync::atomic::AtomicBool,
+    /// The key's tokens per minute, when it has a limit.
+    pub key_tpm: Option<u32>,
+    /// Tokens taken from the key's per-minute allowance when the request was let in (its prompt
+    /// estimate), not yet settled against what an attempt really used.
+    pub tpm_held: std::sync::atomic::AtomicU32,
+    /// Where a successful answer is kept, and for how many seconds: set when the answer cache
+    /// applies to the request.
+    pub cache: Option<(crate::cache::CacheKey, u64)>,
+}
+
+impl Drop for RequestScope {
+    /// A request that ended with no attempt settling its token hold (every channel passed over,
+    /// or none reporting usage before the shutdown) gives the hold back.
+    fn drop(&mut self) {
+        let held = *self.tpm_held.get_mut();
+        if let (Some(limit), 1..) = (self.key_tpm, held) {
+            let (key, now) = (&self.key_id, now_ms());
+            self.app
+                .key_tokens
+                .settle(key, limit, -i64::from(held), now);
+        }
+    }
 }
 
 impl RequestScope {
@@ -339,10 +361,11 @@ pub async fn attempt(
         }
         Ok(Ok(out)) => {
             adapter.streak.success();
+            let body = bytes::Bytes::from(out.body);
+            att.keep(body.clone(), false, out.usage.as_ref());
             att.succeed(out.usage, resp.status, None).await;
             drop(guard);
-            let mut response =
-                ([(header::CONTENT_TYPE, "application/json")], out.body).into_response();
+            let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
             att.tag(&mut response);
             Ok(response)
         }

@@ -142,6 +142,16 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             &c.failovers,
         ),
         (
+            "smart_router_cache_hits_total",
+            "Requests answered from the answer cache.",
+            &c.cache_hits,
+        ),
+        (
+            "smart_router_cache_misses_total",
+            "Requests the answer cache applied to that went to a provider.",
+            &c.cache_misses,
+        ),
+        (
             "smart_router_strategy_failures_total",
             "Strategy calls that failed (fallback to priority order).",
             &c.strategy_failures,
@@ -164,6 +174,21 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         "smart_router_overhead_seconds",
         "Time a successful request spent in the gateway itself: total minus waiting on upstreams.",
         &mut out,
+    );
+    let (entries, bytes) = app.cache.usage();
+    sample(
+        &mut out,
+        "smart_router_cache_entries",
+        "gauge",
+        "Answers held in the answer cache.",
+        entries as u64,
+    );
+    sample(
+        &mut out,
+        "smart_router_cache_bytes",
+        "gauge",
+        "Memory the answer cache holds, in bytes.",
+        bytes as u64,
     );
     out.push_str("# HELP smart_router_connections Open client connections per serving thread.\n# TYPE smart_router_connections gauge\n");
     for (i, open) in app.connections.iter().enumerate() {
@@ -223,6 +248,8 @@ async fn health(State(app): State<Arc<App>>) -> Response {
         "counters": {
             "requests": c.requests.load(Ordering::Relaxed),
             "failovers": c.failovers.load(Ordering::Relaxed),
+            "cache_hits": c.cache_hits.load(Ordering::Relaxed),
+            "cache_misses": c.cache_misses.load(Ordering::Relaxed),
             "strategy_failures": c.strategy_failures.load(Ordering::Relaxed),
             "adapter_failures": c.adapter_failures.load(Ordering::Relaxed),
             "upstream_failures": c.upstream_failures.load(Ordering::Relaxed),

@@ -45,6 +45,10 @@ const SQLITE: &[(i64, &str)] = &[
         5,
         include_str!("../migrations/sqlite/0005_key_rpm_limit.sql"),
     ),
+    (
+        6,
+        include_str!("../migrations/sqlite/0006_key_tpm_limit.sql"),
+    ),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -64,6 +68,10 @@ const POSTGRES: &[(i64, &str)] = &[
         5,
         include_str!("../migrations/postgres/0005_key_rpm_limit.sql"),
     ),
+    (
+        6,
+        include_str!("../migrations/postgres/0006_key_tpm_limit.sql"),
+    ),
 ];
 
 /// A gateway key as stored (never the key itself).
@@ -77,6 +85,8 @@ pub struct KeyRecord {
     pub budget: crate::budget::Limits,
     /// Requests per minute; `None` = no limit.
     pub rpm_limit: Option<u32>,
+    /// Tokens (prompt and completion) per minute; `None` = no limit.
+    pub tpm_limit: Option<u32>,
 }
 
 /// What a new key may spend and how fast it may call.
@@ -84,16 +94,21 @@ pub struct KeyRecord {
 pub struct KeyLimits {
     pub budget: crate::budget::Limits,
     pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
 }
 
 impl From<crate::budget::Limits> for KeyLimits {
     fn from(budget: crate::budget::Limits) -> Self {
-        KeyLimits { budget, rpm: None }
+        KeyLimits {
+            budget,
+            ..Default::default()
+        }
     }
 }
 
-fn rpm_limit(r: &sqlx::any::AnyRow) -> Option<u32> {
-    let v = r.get::<Option<i64>, _>("rpm_limit")?;
+/// A per-minute limit column (`rpm_limit`, `tpm_limit`).
+fn per_minute(r: &sqlx::any::AnyRow, column: &str) -> Option<u32> {
+    let v = r.get::<Option<i64>, _>(column)?;
     Some(v.clamp(1, i64::from(u32::MAX)) as u32)
 }
 
@@ -257,7 +272,7 @@ impl Store {
 
     async fn find_key_here(&self, key_hash: &str) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, name, allowed_models, budget_daily_micros, budget_monthly_micros, rpm_limit FROM api_keys WHERE key_hash = $1 AND disabled = 0",
+            "SELECT id, name, allowed_models, budget_daily_micros, budget_monthly_micros, rpm_limit, tpm_limit FROM api_keys WHERE key_hash = $1 AND disabled = 0",
         )
         .bind(key_hash)
         .fetch_optional(&self.pool)
@@ -267,7 +282,8 @@ impl Store {
             name: r.get("name"),
             allowed_models: allowed_models(&r),
             budget: key_budget(&r),
-            rpm_limit: rpm_limit(&r),
+            rpm_limit: per_minute(&r, "rpm_limit"),
+            tpm_limit: per_minute(&r, "tpm_limit"),
         }))
     }
 
@@ -276,7 +292,7 @@ impl Store {
         let store = self.clone();
         self.at_home(async move {
             let rows = sqlx::query(
-                "SELECT id, name, allowed_models, budget_daily_micros, budget_monthly_micros, rpm_limit, created_at_ms, disabled \
+                "SELECT id, name, allowed_models, budget_daily_micros, budget_monthly_micros, rpm_limit, tpm_limit, created_at_ms, disabled \
                  FROM api_keys ORDER BY created_at_ms, id",
             )
             .fetch_all(&store.pool)
@@ -289,7 +305,8 @@ impl Store {
                         name: r.get("name"),
                         allowed_models: allowed_models(r),
                         budget: key_budget(r),
-                        rpm_limit: rpm_limit(r),
+                        rpm_limit: per_minute(r, "rpm_limit"),
+                        tpm_limit: per_minute(r, "tpm_limit"),
                     },
                     created_at_ms: r.get::<i64, _>("created_at_ms").max(0) as u64,
                     revoked: r.get::<i64, _>("disabled") != 0,
@@ -321,13 +338,13 @@ impl Store {
         allowed_models: Option<&str>,
         limits: KeyLimits,
     ) -> Result<(), StoreError> {
-        let KeyLimits { budget, rpm } = limits;
+        let KeyLimits { budget, rpm, tpm } = limits;
         let store = self.clone();
         let owned = |s: &str| s.to_string();
         let (id, name, key_hash) = (owned(id), owned(name), owned(key_hash));
         let allowed_models = allowed_models.map(owned);
         self.at_home(async move {
-            sqlx::query("INSERT INTO api_keys (id, name, key_hash, allowed_models, created_at_ms, disabled, budget_daily_micros, budget_monthly_micros, rpm_limit) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8)")
+            sqlx::query("INSERT INTO api_keys (id, name, key_hash, allowed_models, created_at_ms, disabled, budget_daily_micros, budget_monthly_micros, rpm_limit, tpm_limit) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $9)")
                 .bind(id)
                 .bind(name)
                 .bind(key_hash)
@@ -336,6 +353,7 @@ impl Store {
                 .bind(budget.daily_micros.map(|v| v as i64))
                 .bind(budget.monthly_micros.map(|v| v as i64))
                 .bind(rpm.map(i64::from))
+                .bind(tpm.map(i64::from))
                 .execute(&store.pool)
                 .await?;
             Ok(())
@@ -439,7 +457,10 @@ impl Store {
                 group_name: r.get("group_name"),
                 channel_id: r.get("channel_id"),
                 provider: r.get("provider"),
-                success: r.get::<String, _>("outcome") == "success",
+                success: matches!(
+                    r.get::<String, _>("outcome").as_str(),
+                    "success" | "cache_hit"
+                ),
                 latency_ms: r.get::<i64, _>("latency_ms").max(0) as u64,
                 ttft_ms: r.get::<Option<i64>, _>("ttft_ms").map(|t| t.max(0) as u64),
                 prompt_tokens: r.get::<i64, _>("prompt_tokens").max(0) as u64,

@@ -183,6 +183,8 @@ async fn keys_are_listed_and_revoked_from_the_command_line() {
         "2.5",
         "--rpm",
         "30",
+        "--tpm",
+        "45000",
     ]);
     assert!(ok, "{err}");
     let key = key.trim().to_string();
@@ -197,6 +199,7 @@ async fn keys_are_listed_and_revoked_from_the_command_line() {
         "{line}"
     );
     assert!(line.split_whitespace().any(|w| w == "30"), "{line}");
+    assert!(line.split_whitespace().any(|w| w == "45000"), "{line}");
     assert!(!listed.contains(&key), "{listed}");
     let id = line.split_whitespace().next().expect("id").to_string();
     assert!(id.starts_with("key_"), "{line}");

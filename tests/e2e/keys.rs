@@ -226,3 +226,143 @@ async fn a_key_over_its_requests_per_minute_gets_openai_rate_limit_answers() {
     assert_eq!(master.status(), 200);
     assert_eq!(header(&master, "x-ratelimit-limit-requests"), None);
 }
+
+#[tokio::test]
+async fn a_key_over_its_tokens_per_minute_waits_for_what_it_used() {
+    let gw = Gateway::builder()
+        .providers("providers:\n  mock:\n    adapter: openai\n    base_url: mock://\n    channels: [{model: m1}]\n")
+        .start()
+        .await;
+    let (status, refused) = {
+        let resp = gw
+            .client
+            .post(gw.url("/admin/keys"))
+            .bearer_auth(KEY)
+            .json(&json!({"name": "t", "tpm_limit": 0}))
+            .send()
+            .await
+            .expect("send");
+        (resp.status(), resp.json::<Value>().await.expect("json"))
+    };
+    assert_eq!(status, 400);
+    assert_eq!(refused["error"]["param"], "tpm_limit", "{refused}");
+    let created: Value = gw
+        .client
+        .post(gw.url("/admin/keys"))
+        .bearer_auth(KEY)
+        .json(&json!({"name": "metered", "tpm_limit": 6000}))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(created["tpm_limit"], 6000, "{created}");
+    let key = created["key"].as_str().expect("key").to_string();
+    // About 500 prompt tokens a request (the mock counts a quarter of the messages' bytes), held
+    // at once, and a thousand more in the answer (a token per word said back, in ten choices),
+    // settled after.
+    let long = "x ".repeat(1000);
+    let send = |model: &'static str| {
+        let body =
+            json!({"model": model, "n": 10, "messages": [{"role": "user", "content": long}]});
+        let req = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&body);
+        async move { req.send().await.expect("send") }
+    };
+    let header = |resp: &reqwest::Response, name: &str| {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().expect("ascii").to_string())
+    };
+    let remaining = |resp: &reqwest::Response| -> u32 {
+        header(resp, "x-ratelimit-remaining-tokens")
+            .expect("remaining tokens")
+            .parse()
+            .expect("number")
+    };
+
+    // A request that reaches no upstream gives back the tokens it held.
+    let missing = send("no-such-model").await;
+    assert_eq!(missing.status(), 404);
+    let held = 6000 - remaining(&missing);
+    assert!((400..=600).contains(&held), "held {held}");
+    let first = send("m1").await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        header(&first, "x-ratelimit-limit-tokens").as_deref(),
+        Some("6000")
+    );
+    assert!(remaining(&first) >= 6000 - held, "{}", remaining(&first));
+    assert_eq!(header(&first, "x-ratelimit-limit-requests"), None);
+
+    // Served while tokens are left (the bucket refills 100 a second meanwhile), then refused.
+    let started = std::time::Instant::now();
+    let mut served = 1;
+    let refused = loop {
+        let resp = send("m1").await;
+        if resp.status() == 429 {
+            break resp;
+        }
+        assert_eq!(resp.status(), 200);
+        served += 1;
+        if served == 2 {
+            // The first request's whole answer was settled, not just its prompt estimate.
+            let expected = 6000 - 2 * held - 1000;
+            assert!(
+                remaining(&resp) <= expected + 50,
+                "{} remaining, at most {expected} expected",
+                remaining(&resp)
+            );
+        }
+        assert!(served <= 40, "never refused");
+    };
+    let refills = started.elapsed().as_secs() as i64 + 1;
+    assert!(
+        (4..=4 + refills / 15).contains(&served),
+        "{served} served in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        header(&refused, "x-ratelimit-remaining-tokens").as_deref(),
+        Some("0")
+    );
+    let wait: u64 = header(&refused, "retry-after")
+        .expect("retry-after")
+        .parse()
+        .expect("seconds");
+    assert!((1..=7).contains(&wait), "Retry-After {wait}");
+    let request_id = header(&refused, "x-request-id").expect("request id");
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("6000 tokens per minute"), "{message}");
+
+    // What was let through is what the provider reported, give or take the refill.
+    use sqlx::Row;
+    let rows = gw
+        .rows(&format!(
+            "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS used, COUNT(*) AS n FROM usage WHERE key_id = '{}' AND outcome = 'success'",
+            created["id"].as_str().expect("id")
+        ))
+        .await;
+    let (used, n) = (rows[0].get::<i64, _>("used"), rows[0].get::<i64, _>("n"));
+    assert_eq!(n, served);
+    assert!(
+        used >= 6000 && used <= 6000 + 600 + 100 * refills,
+        "{used} tokens in {n} requests"
+    );
+    let rows = gw
+        .rows(&format!(
+            "SELECT error_class FROM usage WHERE request_id = '{request_id}'"
+        ))
+        .await;
+    assert_eq!(rows.len(), 1);
+
+    // Once Retry-After has passed, the key is served again.
+    tokio::time::sleep(std::time::Duration::from_millis(wait * 1000 + 100)).await;
+    assert_eq!(send("m1").await.status(), 200);
+}

@@ -4,6 +4,7 @@
 mod anthropic;
 mod badinput;
 mod budgets;
+mod cache;
 mod chaos;
 mod chat;
 mod cli;

@@ -71,7 +71,17 @@ async fn usage_and_keys_work_on_postgres() {
 
     gw.app
         .store
-        .create_key("key_pg", "pg", "abc123", Some("g"), Default::default())
+        .create_key(
+            "key_pg",
+            "pg",
+            "abc123",
+            Some("g"),
+            smart_router::store::KeyLimits {
+                rpm: Some(30),
+                tpm: Some(45_000),
+                ..Default::default()
+            },
+        )
         .await
         .expect("create key");
     let key = gw
@@ -82,6 +92,7 @@ async fn usage_and_keys_work_on_postgres() {
         .expect("find")
         .expect("found");
     assert_eq!(key.allowed_models, Some(vec!["g".to_string()]));
+    assert_eq!((key.rpm_limit, key.tpm_limit), (Some(30), Some(45_000)));
     let listed = gw.app.store.list_keys().await.expect("list");
     assert_eq!(listed.len(), 1);
     assert_eq!(

@@ -152,6 +152,17 @@ pub struct GroupEntry {
     /// The channels of the group. Omitted: every channel, narrowed by `filters`.
     #[serde(default)]
     pub channels: Option<Vec<ChannelEntry>>,
+    /// Answers kept for identical requests (default: `system.yaml`'s `cache`).
+    #[serde(default)]
+    pub cache: Option<GroupCache>,
+}
+
+/// A group's answer cache.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupCache {
+    /// How long an answer is served again, in seconds; 0 turns the cache off for the group.
+    pub ttl_secs: u64,
 }
 
 /// A budget in US dollars.
@@ -206,6 +217,21 @@ pub struct SystemFile {
     pub health_checks: HealthChecksSection,
     #[serde(default)]
     pub usage: UsageSection,
+    #[serde(default)]
+    pub cache: CacheSection,
+}
+
+/// The answer cache (exact match, in memory, per instance).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Keep answers this many seconds for every model and group without its own `cache`;
+    /// omitted or 0: only groups that set one are cached.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// The most memory the cache may hold, in MiB (default 64).
+    #[serde(default)]
+    pub max_mb: Option<u64>,
 }
 
 /// Usage recording.

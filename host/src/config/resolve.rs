@@ -210,6 +210,7 @@ pub fn resolve(
                 filters: entry.filters,
                 budget: budget_limits(&name, entry.budget)?,
                 members,
+                cache_ttl_secs: entry.cache.map(|c| c.ttl_secs),
             },
         );
     }
@@ -347,7 +348,17 @@ fn system(dir: &Path, f: SystemFile) -> Result<System, ConfigError> {
             )
         })?,
     };
+    let cache_max_mb = f.cache.max_mb.unwrap_or(64);
+    if cache_max_mb > 1 << 20 {
+        return Err(ConfigError::at(
+            SYSTEM,
+            "cache.max_mb",
+            "must be at most 1048576 (1 TiB)",
+        ));
+    }
     Ok(System {
+        cache_ttl_secs: f.cache.ttl_secs.unwrap_or(0),
+        cache_max_bytes: (cache_max_mb as usize) << 20,
         durable_usage: f.usage.durable,
         timezone,
         health_interval: f

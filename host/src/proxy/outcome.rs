@@ -31,6 +31,26 @@ impl Attempt {
         if let Ok(v) = HeaderValue::from_str(&self.channel.id) {
             headers.insert("x-smart-router-channel", v);
         }
+        if self.scope.cache.is_some() {
+            headers.insert("x-smart-router-cache", HeaderValue::from_static("miss"));
+        }
+    }
+
+    /// Keeps a successful answer in the answer cache, when it applies to the request: a JSON
+    /// body, or a stream's events.
+    pub(super) fn keep(&self, body: bytes::Bytes, stream: bool, usage: Option<&Usage>) {
+        let Some((key, ttl_secs)) = self.scope.cache else {
+            return;
+        };
+        let hit = crate::cache::Hit {
+            body,
+            stream,
+            channel: self.channel.id.clone(),
+            prompt_tokens: usage.map_or(0, |u| u64::from(u.prompt_tokens)),
+            completion_tokens: usage.map_or(0, |u| u64::from(u.completion_tokens)),
+        };
+        let max = self.scope.cfg.system.cache_max_bytes;
+        (self.scope.app.cache).put(key, hit, ttl_secs.saturating_mul(1000), max, now_ms());
     }
 
     /// The attempt's usage row; settles its quota reservation and budget holds, so call it once,
@@ -61,6 +81,14 @@ impl Attempt {
             .app
             .budgets
             .settle(&self.hold, cost_micros.max(0) as u64);
+        if let Some(limit) = s.key_tpm {
+            // The first attempt to end settles the request's hold; later ones add what they used.
+            let held = s.tpm_held.swap(0, std::sync::atomic::Ordering::Relaxed);
+            let used = (p + c).min(i64::MAX as u64) as i64;
+            let (app, now) = (&s.app, now_ms());
+            app.key_tokens
+                .settle(&s.key_id, limit, used - i64::from(held), now);
+        }
         UsageRecord {
             request_id: s.request_id.clone(),
             client_request_id: s.client_request_id.clone(),

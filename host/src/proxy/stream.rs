@@ -32,6 +32,9 @@ struct Pump {
     usage: Option<Usage>,
     done: bool,
     ended: bool,
+    /// The events sent so far, kept for the answer cache when it applies (dropped past an
+    /// eighth of the cache).
+    kept: Option<bytes::BytesMut>,
 }
 
 /// What one step of the pump produced.
@@ -118,6 +121,19 @@ impl Pump {
         } else {
             Step::Chunks(chunks)
         }
+    }
+
+    /// Frames `chunks` for the client, keeping a copy for the answer cache.
+    fn frame(&mut self, chunks: &[String]) -> Bytes {
+        let framed = frame(chunks);
+        if let Some(kept) = &mut self.kept {
+            if kept.len() + framed.len() <= self.att.scope.cfg.system.cache_max_bytes / 8 {
+                kept.extend_from_slice(&framed);
+            } else {
+                self.kept = None;
+            }
+        }
+        framed
     }
 
     fn push(&mut self, e: crate::upstream::sse::Event) -> Result<Vec<String>, Step> {
@@ -258,6 +274,7 @@ pub(super) async fn start(
         usage: None,
         done: false,
         ended: false,
+        kept: None,
     };
     let first_byte = pump.att.scope.cfg.system.first_byte_timeout;
     let deadline = tokio::time::Instant::now() + first_byte;
@@ -334,7 +351,10 @@ pub(super) async fn start(
     };
     let ttft = pump.att.started.elapsed().as_millis() as u64;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let _ = tx.try_send(frame(&first));
+    if pump.att.scope.cache.is_some() {
+        pump.kept = Some(bytes::BytesMut::new());
+    }
+    let _ = tx.try_send(pump.frame(&first));
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });
@@ -370,7 +390,7 @@ async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, gu
             Step::Chunks(c) if c.is_empty() => {}
             Step::Chunks(c) => {
                 let sent = tokio::select! {
-                    sent = tx.send(frame(&c)) => sent,
+                    sent = tx.send(pump.frame(&c)) => sent,
                     () = &mut cut => break Err((SHUTDOWN, String::new())),
                 };
                 if sent.is_err() {
@@ -399,6 +419,9 @@ async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, gu
     match outcome {
         Ok(()) => {
             pump.session.component().streak.success();
+            if let Some(kept) = pump.kept.take() {
+                pump.att.keep(kept.freeze(), true, pump.usage.as_ref());
+            }
             pump.att.succeed(pump.usage, status, Some(ttft)).await
         }
         Err((SHUTDOWN, _)) => {

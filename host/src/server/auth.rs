@@ -20,6 +20,8 @@ pub struct Caller {
     pub budget: crate::budget::Limits,
     /// Requests per minute; `None` = no limit.
     pub rpm_limit: Option<u32>,
+    /// Tokens per minute; `None` = no limit.
+    pub tpm_limit: Option<u32>,
     /// May use the admin API (the master key).
     pub admin: bool,
 }
@@ -76,6 +78,7 @@ impl FromRequestParts<Arc<App>> for Caller {
                 allowed: None,
                 budget: crate::budget::Limits::default(),
                 rpm_limit: None,
+                tpm_limit: None,
                 admin: true,
             });
         }
@@ -85,6 +88,7 @@ impl FromRequestParts<Arc<App>> for Caller {
                 allowed: rec.allowed_models,
                 budget: rec.budget,
                 rpm_limit: rec.rpm_limit,
+                tpm_limit: rec.tpm_limit,
                 admin: false,
             }),
             Ok(None) => Err(ApiError::unauthorized("Incorrect API key provided.")),

@@ -7,13 +7,15 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::Caller;
 use super::error::ApiError;
 use crate::app::{App, Counters};
+use crate::cache::{Cache, Directive, Hit};
 use crate::proxy::{Failure, RequestScope, attempt};
+use crate::ratelimit::{Allowance, Refused};
 use crate::router::{Endpoint, Facts, plan, request_facts};
 use crate::stats::now_ms;
 use crate::store::UsageRecord;
@@ -22,18 +24,49 @@ pub async fn completions(
     State(app): State<Arc<App>>,
     caller: Caller,
     client_id: ClientRequestId,
+    CacheControl(cache): CacheControl,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    serve(app, caller, client_id, body, Endpoint::Chat).await
+    let ask = Ask {
+        endpoint: Endpoint::Chat,
+        cache,
+    };
+    serve(app, caller, client_id, body, ask).await
 }
 
 pub async fn embeddings(
     State(app): State<Arc<App>>,
     caller: Caller,
     client_id: ClientRequestId,
+    CacheControl(cache): CacheControl,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    serve(app, caller, client_id, body, Endpoint::Embeddings).await
+    let ask = Ask {
+        endpoint: Endpoint::Embeddings,
+        cache,
+    };
+    serve(app, caller, client_id, body, ask).await
+}
+
+/// What the client asked for besides its body: the API, and what the answer cache may do.
+#[derive(Clone, Copy)]
+struct Ask {
+    endpoint: Endpoint,
+    cache: Directive,
+}
+
+/// The client's `Cache-Control`, as the answer cache reads it.
+pub struct CacheControl(Directive);
+
+impl<S: Send + Sync> FromRequestParts<S> for CacheControl {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let value = parts.headers.get(header::CACHE_CONTROL);
+        Ok(Self(Directive::from_header(
+            value.and_then(|v| v.to_str().ok()),
+        )))
+    }
 }
 
 /// The client's own id for a request: OpenAI's `X-Client-Request-Id`, or else an `X-Request-Id`
@@ -82,7 +115,7 @@ async fn serve(
     caller: Caller,
     ClientRequestId(client): ClientRequestId,
     body: Result<Bytes, BytesRejection>,
-    endpoint: Endpoint,
+    ask: Ask,
 ) -> Response {
     Counters::bump(&app.counters.requests);
     let request_id = new_request_id();
@@ -90,8 +123,8 @@ async fn serve(
         request: &request_id,
         client: client.as_deref(),
     };
-    let mut allowance = None;
-    let mut resp = match handle(&app, caller, body, ids, endpoint, &mut allowance).await {
+    let mut allowances = [None; 2];
+    let mut resp = match handle(&app, caller, body, ids, ask, &mut allowances).await {
         Ok(resp) => resp,
         Err(e) => {
             let mut resp = e.into_response();
@@ -105,7 +138,7 @@ async fn serve(
             resp
         }
     };
-    if let Some(a) = allowance {
+    for a in allowances.iter().flatten() {
         for (name, value) in a.headers() {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 resp.headers_mut().insert(name, v);
@@ -120,8 +153,8 @@ async fn handle(
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
     ids: Ids<'_>,
-    endpoint: Endpoint,
-    allowance: &mut Option<crate::ratelimit::Allowance>,
+    ask: Ask,
+    allowances: &mut [Option<Allowance>; 2],
 ) -> Result<Response, ApiError> {
     let t0 = std::time::Instant::now();
     let body = body.map_err(|e| {
@@ -133,7 +166,7 @@ async fn handle(
     })?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("The request body is not valid UTF-8."))?;
-    let facts = request_facts(text, endpoint)?;
+    let facts = request_facts(text, ask.endpoint)?;
     let started = now_ms();
     if !caller.may_use(&facts.model) {
         let e = ApiError::new(
@@ -145,35 +178,41 @@ async fn handle(
         record_unanswered(app, &caller.key_id, ids, &facts, None, started, &e).await;
         return Err(e);
     }
-    if let Some(limit) = caller.rpm_limit {
-        match app.key_rates.take(&caller.key_id, limit, started) {
-            Ok(a) => *allowance = Some(a),
-            Err(refused) => {
-                *allowance = Some(refused.allowance);
-                let wait = refused.retry_after_ms;
-                let e = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limit_error",
-                    Some("rate_limit_exceeded"),
-                    format!(
-                        "Rate limit reached for key `{}`: {limit} requests per minute. Retry in {:.1}s.",
-                        caller.key_id,
-                        wait as f64 / 1000.0
-                    ),
-                )
-                .with_retry_after(Some(wait.div_ceil(1000)));
-                record_unanswered(app, &caller.key_id, ids, &facts, None, started, &e).await;
-                return Err(e);
-            }
-        }
-    }
     let cfg = app.config.load_full();
+    // An answer already given to this key for this very body: no provider, no tokens, no cost.
+    let cache = (cfg.cache_ttl_secs(&facts.model))
+        .filter(|_| ask.cache != Directive::Bypass)
+        .map(|ttl| (Cache::key(&caller.key_id, ask.endpoint, &body), ttl));
+    if let Some((key, _)) = &cache {
+        let hit = (ask.cache == Directive::Use)
+            .then(|| app.cache.get(key, started))
+            .flatten();
+        if let Some(hit) = hit {
+            Counters::bump(&app.counters.cache_hits);
+            let group = cfg.groups.get(&facts.model).map(|g| g.name.clone());
+            return Ok(replay(app, &caller.key_id, ids, &facts, group, hit, started).await);
+        }
+        Counters::bump(&app.counters.cache_misses);
+    }
+    let held = match admit(app, &caller, &facts, started, allowances) {
+        Ok(held) => held,
+        Err(e) => {
+            record_unanswered(app, &caller.key_id, ids, &facts, None, started, &e).await;
+            return Err(e);
+        }
+    };
     let comps = app.components.load_full();
     // Inline: a call into a warm strategy takes microseconds, and the epoch deadline bounds a
     // hostile one (which is quarantined after a few failures).
     let plan = match plan(app, &cfg, &comps, &facts) {
         Ok(p) => p,
         Err(e) => {
+            if let (Some(limit), 1..) = (caller.tpm_limit, held) {
+                // Nothing is sent: the tokens held are given back.
+                let key = &caller.key_id;
+                app.key_tokens
+                    .settle(key, limit, -i64::from(held), now_ms());
+            }
             let group = cfg.groups.get(&facts.model).map(|g| g.name.clone());
             record_unanswered(app, &caller.key_id, ids, &facts, group, started, &e).await;
             return Err(e);
@@ -192,6 +231,9 @@ async fn handle(
         key_budget: caller.budget,
         upstream_us: Default::default(),
         recorded: Default::default(),
+        key_tpm: caller.tpm_limit,
+        tpm_held: held.into(),
+        cache,
     });
 
     let mut failures: Vec<(String, &'static str, String, Option<u64>)> = Vec::new();
@@ -237,6 +279,62 @@ async fn handle(
         record_unanswered(app, &s.key_id, ids, &s.facts, s.group.clone(), started, &e).await;
     }
     Err(e)
+}
+
+/// The key's per-minute limits: takes one request, and holds the prompt estimate from its
+/// tokens (settled by the first attempt to end); returns the tokens held.
+fn admit(
+    app: &App,
+    caller: &Caller,
+    facts: &Facts,
+    now: u64,
+    allowances: &mut [Option<Allowance>; 2],
+) -> Result<u32, ApiError> {
+    let key = &caller.key_id;
+    if let Some(limit) = caller.rpm_limit {
+        match app.key_rates.take(key, limit, 1, now) {
+            Ok(a) => allowances[0] = Some(a),
+            Err(refused) => {
+                allowances[0] = Some(refused.allowance);
+                return Err(rate_limited(key, limit, refused));
+            }
+        }
+    }
+    let Some(limit) = caller.tpm_limit else {
+        return Ok(0);
+    };
+    let held = facts.estimated_prompt_tokens;
+    match app.key_tokens.take(key, limit, held, now) {
+        Ok(a) => {
+            allowances[1] = Some(a);
+            Ok(held)
+        }
+        Err(refused) => {
+            allowances[1] = Some(refused.allowance);
+            if let (Some(rpm), Some(a)) = (caller.rpm_limit, &mut allowances[0]) {
+                // Not sent: the request taken from the key's requests per minute goes back.
+                app.key_rates.settle(key, rpm, -1, now);
+                a.remaining += 1;
+            }
+            Err(rate_limited(key, limit, refused))
+        }
+    }
+}
+
+/// OpenAI's answer to a request over a per-minute limit, with `Retry-After`.
+fn rate_limited(key: &str, limit: u32, refused: Refused) -> ApiError {
+    let wait = refused.retry_after_ms;
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_error",
+        Some("rate_limit_exceeded"),
+        format!(
+            "Rate limit reached for key `{key}`: {limit} {} per minute. Retry in {:.1}s.",
+            refused.allowance.unit.name(),
+            wait as f64 / 1000.0
+        ),
+    )
+    .with_retry_after(Some(wait.div_ceil(1000)))
 }
 
 /// The client's error when every channel tried failed.
@@ -342,6 +440,65 @@ async fn record_unanswered(
             ..UsageRecord::default()
         })
         .await;
+}
+
+/// A cached answer, as it was first given, and its usage row: outcome `cache_hit`, the tokens
+/// the answer held, no channel and no cost.
+async fn replay(
+    app: &App,
+    key_id: &str,
+    ids: Ids<'_>,
+    facts: &Facts,
+    group_name: Option<String>,
+    hit: Hit,
+    started: u64,
+) -> Response {
+    app.usage
+        .record(UsageRecord {
+            request_id: ids.request.to_string(),
+            client_request_id: ids.client.map(str::to_string),
+            attempt: 0,
+            created_at_ms: started,
+            key_id: key_id.to_string(),
+            requested_model: facts.model.clone(),
+            endpoint: facts.endpoint,
+            group_name,
+            is_stream: facts.is_stream,
+            prompt_tokens: hit.prompt_tokens,
+            completion_tokens: hit.completion_tokens,
+            latency_ms: now_ms().saturating_sub(started),
+            ttft_ms: facts.is_stream.then_some(0),
+            status: 200,
+            outcome: "cache_hit",
+            ..UsageRecord::default()
+        })
+        .await;
+    let mut resp = if hit.stream {
+        let events = [hit.body, Bytes::from_static(b"data: [DONE]\n\n")];
+        let body = futures_util::stream::iter(events.map(Ok::<_, std::convert::Infallible>));
+        let mut resp = Response::new(axum::body::Body::from_stream(body));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        resp
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], hit.body).into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert("x-smart-router-cache", HeaderValue::from_static("hit"));
+    for (name, value) in [
+        ("x-request-id", Some(ids.request)),
+        ("x-client-request-id", ids.client),
+        ("x-smart-router-channel", Some(hit.channel.as_str())),
+    ] {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            h.insert(name, v);
+        }
+    }
+    resp
 }
 
 /// `req_` and 24 hex digits: the millisecond clock, then 48 random bits. Ids sort by time, so

@@ -1,8 +1,8 @@
 //! Gateway keys over the admin API (master key), as `smart-router keys` manages them from a shell:
 //!
 //! - `POST /admin/keys` — creates a key: `{"name": "…", "models": ["…"], "daily_budget": 5.0,
-//!   "monthly_budget": 100.0, "rpm_limit": 60}` (all but `name` optional). The answer holds the key itself, once;
-//!   only its SHA-256 is stored.
+//!   "monthly_budget": 100.0, "rpm_limit": 60, "tpm_limit": 100000}` (all but `name` optional).
+//!   The answer holds the key itself, once; only its SHA-256 is stored.
 //! - `GET /admin/keys` — every key: id, name, models, budgets, when created, whether revoked.
 //! - `DELETE /admin/keys/{id}` — revokes a key: this instance refuses it from the next request,
 //!   others sharing the database once their 30-second key cache lets it go.
@@ -30,6 +30,7 @@ pub struct NewKey {
     daily_budget: Option<f64>,
     monthly_budget: Option<f64>,
     rpm_limit: Option<u32>,
+    tpm_limit: Option<u32>,
 }
 
 fn store_failed(e: StoreError) -> ApiError {
@@ -59,6 +60,7 @@ fn key_object(key: &KeyRecord, created_at_ms: u64, revoked: bool) -> Value {
         "daily_budget": dollars(key.budget.daily_micros),
         "monthly_budget": dollars(key.budget.monthly_micros),
         "rpm_limit": key.rpm_limit,
+        "tpm_limit": key.tpm_limit,
         "created_at": created_at_ms / 1000,
         "revoked": revoked,
     })
@@ -93,17 +95,25 @@ pub async fn create(
         daily_micros: micros("daily_budget", new.daily_budget)?,
         monthly_micros: micros("monthly_budget", new.monthly_budget)?,
     };
-    if new.rpm_limit == Some(0) {
-        return Err(ApiError::invalid_param(
-            "rpm_limit",
-            "`rpm_limit` must be at least 1 request per minute; leave it out for no limit.",
-        ));
+    for (param, limit, unit) in [
+        ("rpm_limit", new.rpm_limit, "request"),
+        ("tpm_limit", new.tpm_limit, "token"),
+    ] {
+        if limit == Some(0) {
+            return Err(ApiError::invalid_param(
+                param,
+                format!(
+                    "`{param}` must be at least 1 {unit} per minute; leave it out for no limit."
+                ),
+            ));
+        }
     }
     let (id, key, hash) = crate::app::mint_key();
     let joined = models.as_ref().map(|m| m.join(","));
     let limits = KeyLimits {
         budget,
         rpm: new.rpm_limit,
+        tpm: new.tpm_limit,
     };
     app.store
         .create_key(&id, name, &hash, joined.as_deref(), limits)
@@ -116,6 +126,7 @@ pub async fn create(
         allowed_models: models,
         budget,
         rpm_limit: new.rpm_limit,
+        tpm_limit: new.tpm_limit,
     };
     let mut out = key_object(&record, crate::stats::now_ms(), false);
     out["key"] = Value::String(key);
