@@ -404,6 +404,30 @@ fn all_failed(failures: &[(String, &'static str, String, Option<u64>)]) -> ApiEr
     }
 }
 
+/// The row of a request no attempt answered: attempt 0, no channel; the caller fills in how it
+/// ended.
+fn own_row(
+    key_id: &str,
+    ids: Ids<'_>,
+    facts: &Facts,
+    group_name: Option<String>,
+    started: u64,
+) -> UsageRecord {
+    UsageRecord {
+        request_id: ids.request.to_string(),
+        client_request_id: ids.client.map(str::to_string),
+        attempt: 0,
+        created_at_ms: started,
+        key_id: key_id.to_string(),
+        requested_model: facts.model.clone(),
+        endpoint: facts.endpoint,
+        group_name,
+        is_stream: facts.is_stream,
+        latency_ms: now_ms().saturating_sub(started),
+        ..UsageRecord::default()
+    }
+}
+
 /// A request that no upstream answered nor was sent (refused, unroutable, every channel passed
 /// over) still leaves a row: attempt 0, no channel, the client's error code as its class.
 async fn record_unanswered(
@@ -417,16 +441,6 @@ async fn record_unanswered(
 ) {
     app.usage
         .record(UsageRecord {
-            request_id: ids.request.to_string(),
-            client_request_id: ids.client.map(str::to_string),
-            attempt: 0,
-            created_at_ms: started,
-            key_id: key_id.to_string(),
-            requested_model: facts.model.clone(),
-            endpoint: facts.endpoint,
-            group_name,
-            is_stream: facts.is_stream,
-            latency_ms: now_ms().saturating_sub(started),
             // The request itself was at fault (a model it may not use, `n` no channel offers),
             // not the gateway nor a provider (429, 402, 502).
             outcome: if e.kind == "invalid_request_error" {
@@ -437,7 +451,7 @@ async fn record_unanswered(
             error_class: Some(e.code.unwrap_or("no_channel").to_string()),
             error_message: Some(e.message.clone()),
             status: 0,
-            ..UsageRecord::default()
+            ..own_row(key_id, ids, facts, group_name, started)
         })
         .await;
 }
@@ -455,22 +469,12 @@ async fn replay(
 ) -> Response {
     app.usage
         .record(UsageRecord {
-            request_id: ids.request.to_string(),
-            client_request_id: ids.client.map(str::to_string),
-            attempt: 0,
-            created_at_ms: started,
-            key_id: key_id.to_string(),
-            requested_model: facts.model.clone(),
-            endpoint: facts.endpoint,
-            group_name,
-            is_stream: facts.is_stream,
             prompt_tokens: hit.prompt_tokens,
             completion_tokens: hit.completion_tokens,
-            latency_ms: now_ms().saturating_sub(started),
             ttft_ms: facts.is_stream.then_some(0),
             status: 200,
             outcome: "cache_hit",
-            ..UsageRecord::default()
+            ..own_row(key_id, ids, facts, group_name, started)
         })
         .await;
     let mut resp = if hit.stream {
