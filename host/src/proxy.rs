@@ -26,10 +26,20 @@ use crate::server::error::ApiError;
 use crate::stats::{ChannelStats, InFlight, Reservation, now_ms};
 use crate::upstream::{UpstreamError, read_body};
 
-/// Completion tokens assumed for a quota reservation when the request sets no `max_tokens`.
+/// Completion tokens assumed for a quota reservation (and a key's tokens-per-minute hold) when
+/// the request sets no `max_tokens`.
 const DEFAULT_OUTPUT_ESTIMATE: u32 = 256;
 /// Completion tokens a budget hold assumes when the request sets no `max_tokens`.
 const BUDGET_OUTPUT_ESTIMATE: u32 = 1024;
+/// The answer's tokens a request is assumed to use before it ends: its `max_tokens`, else
+/// [`DEFAULT_OUTPUT_ESTIMATE`]; none for embeddings.
+pub(crate) fn output_estimate(facts: &Facts) -> u32 {
+    match facts.endpoint {
+        Endpoint::Embeddings => 0,
+        Endpoint::Chat => facts.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_ESTIMATE),
+    }
+}
+
 /// Cooldown after a 429 that names no `Retry-After`.
 const DEFAULT_RATE_LIMIT_MS: u64 = 10_000;
 /// How long an account whose key is refused or out of credit (or a missing model) stays parked:
@@ -69,8 +79,8 @@ pub struct RequestScope {
 }
 
 impl Drop for RequestScope {
-    /// A request that ended with no attempt settling its token hold (every channel passed over,
-    /// or none reporting usage before the shutdown) gives the hold back.
+    /// A request that ended with no attempt settling its token hold (every channel passed over
+    /// or failed without using tokens) gives the hold back.
     fn drop(&mut self) {
         let held = *self.tpm_held.get_mut();
         if let (Some(limit), 1..) = (self.key_tpm, held) {
@@ -166,12 +176,7 @@ pub async fn attempt(
         stats.quota.used_share(&channel, day.id),
     );
     let prompt_estimate = u64::from(scope.facts.estimated_prompt_tokens);
-    let output_estimate = u64::from(
-        scope
-            .facts
-            .max_output_tokens
-            .unwrap_or(DEFAULT_OUTPUT_ESTIMATE),
-    );
+    let output_estimate = u64::from(output_estimate(&scope.facts));
     let cost_estimate = channel
         .cost_micros(prompt_estimate, output_estimate, multiplier)
         .max(0) as u64;
@@ -362,7 +367,7 @@ pub async fn attempt(
         Ok(Ok(out)) => {
             adapter.streak.success();
             let body = bytes::Bytes::from(out.body);
-            att.keep(body.clone(), false, out.usage.as_ref());
+            att.keep(&body, false, out.usage.as_ref());
             att.succeed(out.usage, resp.status, None).await;
             drop(guard);
             let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();

@@ -160,15 +160,15 @@ async fn identical_requests_from_one_key_are_answered_once() {
     );
     let metrics = gw.get_text("/metrics").await;
     assert!(
-        metrics.contains("smart_router_cache_hits_total 3"),
+        metrics.contains("smart_router_cache_hits_total 3\n"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("smart_router_cache_misses_total 4"),
+        metrics.contains("smart_router_cache_misses_total 4\n"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("smart_router_cache_entries 3"),
+        metrics.contains("smart_router_cache_entries 3\n"),
         "{metrics}"
     );
 }

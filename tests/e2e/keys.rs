@@ -259,9 +259,9 @@ async fn a_key_over_its_tokens_per_minute_waits_for_what_it_used() {
         .expect("json");
     assert_eq!(created["tpm_limit"], 6000, "{created}");
     let key = created["key"].as_str().expect("key").to_string();
-    // About 500 prompt tokens a request (the mock counts a quarter of the messages' bytes), held
-    // at once, and a thousand more in the answer (a token per word said back, in ten choices),
-    // settled after.
+    // About 500 prompt tokens a request (the mock counts a quarter of the messages' bytes) and,
+    // with no `max_tokens`, 256 for the answer, held at once; a thousand in the answer (a token
+    // per word said back, in ten choices), settled after.
     let long = "x ".repeat(1000);
     let send = |model: &'static str| {
         let body =
@@ -289,7 +289,7 @@ async fn a_key_over_its_tokens_per_minute_waits_for_what_it_used() {
     let missing = send("no-such-model").await;
     assert_eq!(missing.status(), 404);
     let held = 6000 - remaining(&missing);
-    assert!((400..=600).contains(&held), "held {held}");
+    assert!((650..=850).contains(&held), "held {held}");
     let first = send("m1").await;
     assert_eq!(first.status(), 200);
     assert_eq!(
@@ -310,8 +310,9 @@ async fn a_key_over_its_tokens_per_minute_waits_for_what_it_used() {
         assert_eq!(resp.status(), 200);
         served += 1;
         if served == 2 {
-            // The first request's whole answer was settled, not just its prompt estimate.
-            let expected = 6000 - 2 * held - 1000;
+            // The first request's whole answer was settled, not just its estimate: its prompt and
+            // a thousand, then the second's hold.
+            let expected = 6000 - (held - 256 + 1000) - held;
             assert!(
                 remaining(&resp) <= expected + 50,
                 "{} remaining, at most {expected} expected",
@@ -365,4 +366,51 @@ async fn a_key_over_its_tokens_per_minute_waits_for_what_it_used() {
     // Once Retry-After has passed, the key is served again.
     tokio::time::sleep(std::time::Duration::from_millis(wait * 1000 + 100)).await;
     assert_eq!(send("m1").await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_burst_of_concurrent_requests_holds_each_ones_max_tokens_at_admission() {
+    // The upstream takes two seconds, so every request of the burst is admitted or refused
+    // before any answer settles what it really used.
+    let mock = smart_router_tests::MockUpstream::start().await;
+    mock.set(
+        "m",
+        smart_router_tests::Behaviour::Slow(std::time::Duration::from_secs(2)),
+    );
+    let gw = Gateway::builder()
+        .providers(&format!(
+            "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    channels: [{{model: m}}]\n",
+            mock.base_url()
+        ))
+        .start()
+        .await;
+    let created: Value = gw
+        .client
+        .post(gw.url("/admin/keys"))
+        .bearer_auth(KEY)
+        .json(&json!({"name": "burst", "tpm_limit": 6000}))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let key = created["key"].as_str().expect("key").to_string();
+    // A few prompt tokens and up to 2,500 answer tokens each: three are let in while tokens are
+    // left (the third into 1,500 of debt, 15 s of refill), not the ten that their prompts alone
+    // would let through.
+    let body =
+        json!({"model": "m", "max_tokens": 2500, "messages": [{"role": "user", "content": "hi"}]});
+    let sends = (0..10).map(|_| {
+        let req = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&body);
+        async move { req.send().await.expect("send").status().as_u16() }
+    });
+    let mut statuses = futures_util::future::join_all(sends).await;
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429, 429, 429, 429, 429]);
+    assert_eq!(mock.calls("m").len(), 3);
 }

@@ -126,6 +126,18 @@ async fn a_client_leaving_a_silent_stream_is_recorded_at_once_and_shutdown_compl
         recorded,
         "the stream's usage row is written when the client leaves, not when the upstream next speaks"
     );
+    // The provider never reported usage (that comes in its last chunk), but it billed what it
+    // sent: the row has the prompt estimate and a token per chunk, not zero.
+    let row = &gw
+        .rows("SELECT prompt_tokens, completion_tokens FROM usage WHERE outcome = 'client_closed'")
+        .await[0];
+    use sqlx::Row;
+    assert!(row.get::<i64, _>("prompt_tokens") > 0);
+    assert!(
+        (2..=4).contains(&row.get::<i64, _>("completion_tokens")),
+        "{} completion tokens",
+        row.get::<i64, _>("completion_tokens")
+    );
     // Nothing left to hold the drain: shutdown completes.
     tokio::time::timeout(Duration::from_secs(10), gw.stop())
         .await

@@ -37,13 +37,14 @@ impl Attempt {
     }
 
     /// Keeps a successful answer in the answer cache, when it applies to the request: a JSON
-    /// body, or a stream's events.
-    pub(super) fn keep(&self, body: bytes::Bytes, stream: bool, usage: Option<&Usage>) {
+    /// body, or a stream's events. Copied, so the entry holds no spare capacity the cache's
+    /// bound would not see.
+    pub(super) fn keep(&self, body: &[u8], stream: bool, usage: Option<&Usage>) {
         let Some((key, ttl_secs)) = self.scope.cache else {
             return;
         };
         let hit = crate::cache::Hit {
-            body,
+            body: bytes::Bytes::copy_from_slice(body),
             stream,
             channel: self.channel.id.clone(),
             prompt_tokens: usage.map_or(0, |u| u64::from(u.prompt_tokens)),
@@ -81,8 +82,10 @@ impl Attempt {
             .app
             .budgets
             .settle(&self.hold, cost_micros.max(0) as u64);
-        if let Some(limit) = s.key_tpm {
-            // The first attempt to end settles the request's hold; later ones add what they used.
+        if let Some(limit) = s.key_tpm.filter(|_| p + c > 0) {
+            // The first attempt that used tokens settles the request's hold; later ones add what
+            // they used. One that used none (a failover) leaves the hold to the next attempt, or
+            // to the request's end, which gives it back.
             let held = s.tpm_held.swap(0, std::sync::atomic::Ordering::Relaxed);
             let used = (p + c).min(i64::MAX as u64) as i64;
             let (app, now) = (&s.app, now_ms());

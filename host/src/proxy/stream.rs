@@ -30,6 +30,8 @@ struct Pump {
     /// Events read but not yet translated.
     pending: std::collections::VecDeque<crate::upstream::sse::Event>,
     usage: Option<Usage>,
+    /// Chunks sent to the client: the answer's tokens, roughly, when the provider never reports.
+    sent: u32,
     done: bool,
     ended: bool,
     /// The events sent so far, kept for the answer cache when it applies (dropped past an
@@ -125,6 +127,7 @@ impl Pump {
 
     /// Frames `chunks` for the client, keeping a copy for the answer cache.
     fn frame(&mut self, chunks: &[String]) -> Bytes {
+        self.sent = self.sent.saturating_add(chunks.len() as u32);
         let framed = frame(chunks);
         if let Some(kept) = &mut self.kept {
             if kept.len() + framed.len() <= self.att.scope.cfg.system.cache_max_bytes / 8 {
@@ -169,6 +172,20 @@ impl Pump {
         }
         self.done |= out.done;
         Ok(out.chunks)
+    }
+
+    /// What the answer used: the provider's report, else (a stream cut off before its last
+    /// chunk, or a provider that never reports) the prompt estimate and a token per chunk sent,
+    /// so an answer the provider bills is never recorded as free.
+    fn used(&self) -> Option<Usage> {
+        self.usage.or_else(|| {
+            (self.sent > 0).then(|| Usage {
+                prompt_tokens: self.att.scope.facts.estimated_prompt_tokens,
+                completion_tokens: self.sent,
+                cached_tokens: 0,
+                reasoning_tokens: 0,
+            })
+        })
     }
 
     /// An adapter failure inside the stream: counted against the component.
@@ -272,6 +289,7 @@ pub(super) async fn start(
         parser: Parser::default(),
         pending: Default::default(),
         usage: None,
+        sent: 0,
         done: false,
         ended: false,
         kept: None,
@@ -416,23 +434,21 @@ async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, gu
             }
         }
     };
+    let used = pump.used();
     match outcome {
         Ok(()) => {
             pump.session.component().streak.success();
             if let Some(kept) = pump.kept.take() {
-                pump.att.keep(kept.freeze(), true, pump.usage.as_ref());
+                pump.att.keep(&kept, true, used.as_ref());
             }
-            pump.att.succeed(pump.usage, status, Some(ttft)).await
+            pump.att.succeed(used, status, Some(ttft)).await
         }
         Err((SHUTDOWN, _)) => {
             // Without waiting on a client that is not reading: the row matters more.
             let err = ApiError::shutting_down();
             let _ = tx.try_send(Bytes::from(format!("data: {}\n\n", err.body())));
             // The stream is the client's already: its answer is the event above.
-            let _ = pump
-                .att
-                .cut_off(status, pump.usage.as_ref(), Some(ttft))
-                .await;
+            let _ = pump.att.cut_off(status, used.as_ref(), Some(ttft)).await;
         }
         Err(("client_closed", msg)) => {
             let mut rec = pump.att.record(
@@ -440,7 +456,7 @@ async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, gu
                 "client_closed",
                 None,
                 Some(msg),
-                pump.usage.as_ref(),
+                used.as_ref(),
                 Some(ttft),
             );
             rec.outcome = "client_closed";
@@ -448,7 +464,7 @@ async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, gu
         }
         Err((class, msg)) => {
             pump.att
-                .fail(class, &msg, status, pump.usage.as_ref(), None)
+                .fail(class, &msg, status, used.as_ref(), None)
                 .await
         }
     }

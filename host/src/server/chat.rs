@@ -281,8 +281,9 @@ async fn handle(
     Err(e)
 }
 
-/// The key's per-minute limits: takes one request, and holds the prompt estimate from its
-/// tokens (settled by the first attempt to end); returns the tokens held.
+/// The key's per-minute limits: takes one request, and holds the prompt estimate and the
+/// answer's (its `max_tokens`, else the quota's default) from its tokens, as OpenAI counts
+/// `max_tokens` at admission; settled by the first attempt to end. Returns the tokens held.
 fn admit(
     app: &App,
     caller: &Caller,
@@ -303,7 +304,9 @@ fn admit(
     let Some(limit) = caller.tpm_limit else {
         return Ok(0);
     };
-    let held = facts.estimated_prompt_tokens;
+    let held = facts
+        .estimated_prompt_tokens
+        .saturating_add(crate::proxy::output_estimate(facts));
     match app.key_tokens.take(key, limit, held, now) {
         Ok(a) => {
             allowances[1] = Some(a);
