@@ -96,15 +96,18 @@ fn test(root: &Path, extra: &[String]) -> Result<(), String> {
         .args(["nextest", "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
-    // The SDK's own unit tests (its helpers run natively as well as in guests).
+    // The SDK's own unit tests (its helpers run natively as well as in guests), and the built-in
+    // adapters' where they have some.
     run_cmd(cargo().current_dir(root).args([
         "test",
         "--release",
         "--lib",
         "-p",
         "smart-router-sdk",
+        "-p",
+        "adapter-openai",
         "--features",
-        "strategy,adapter",
+        "smart-router-sdk/strategy,smart-router-sdk/adapter",
     ]))?;
     let mut cmd = cargo();
     cmd.current_dir(root);

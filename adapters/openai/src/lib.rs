@@ -201,6 +201,32 @@ fn with_model(body: &str, model: &str, stream_usage: bool) -> Result<Vec<u8>, Pr
     Ok(out)
 }
 
+/// True when a stream chunk needs nothing read from it: no error, no usage, no finish reason
+/// other than `null`. Keys are found as their quoted text, which cannot occur inside a JSON
+/// string (a quote there is always escaped), so a chunk that says "usage" in its text still
+/// passes; anything unusual (a key written with escapes, a key in a nested object) only takes
+/// the full parse.
+fn plain_chunk(data: &str) -> bool {
+    if ["\"error\"", "\"usage\"", "\"x_groq\""]
+        .iter()
+        .any(|k| data.contains(k))
+    {
+        return false;
+    }
+    const FINISH: &str = "\"finish_reason\"";
+    let mut rest = data;
+    while let Some(at) = rest.find(FINISH) {
+        let Some(value) = rest[at + FINISH.len()..].trim_start().strip_prefix(':') else {
+            return false;
+        };
+        rest = value.trim_start();
+        if !rest.starts_with("null") {
+            return false;
+        }
+    }
+    true
+}
+
 /// Stream translation: chunks pass through; usage is captured; errors inside the stream surface.
 pub struct OpenAiStream {
     include_usage: bool,
@@ -229,12 +255,25 @@ impl StreamTranslator for OpenAiStream {
                 done: true,
             });
         }
-        let chunk: Value = smart_router_sdk::json::from_str(data).map_err(|e| {
+        let invalid = |e: smart_router_sdk::json::Error| {
             ProviderError::new(
                 ErrorClass::ServerError,
                 format!("the provider streamed invalid JSON: {e}"),
             )
-        })?;
+        };
+        if event.event != "error" && plain_chunk(data) {
+            // Most of a stream: checked to be JSON without building it, passed on as it came.
+            smart_router_sdk::json::from_str::<smart_router_sdk::serde::de::IgnoredAny>(data)
+                .map_err(invalid)?;
+            if data.starts_with('{') {
+                return Ok(StreamOutput {
+                    chunks: vec![data.to_string()],
+                    usage: None,
+                    done: false,
+                });
+            }
+        }
+        let chunk: Value = smart_router_sdk::json::from_str(data).map_err(invalid)?;
         if chunk.get("error").is_some()
             || event.event == "error"
             || chunk.get("object").and_then(Value::as_str) == Some("error")
@@ -284,3 +323,30 @@ impl StreamTranslator for OpenAiStream {
 }
 
 export_adapter!(OpenAi);
+
+#[cfg(test)]
+mod tests {
+    use super::plain_chunk;
+
+    #[test]
+    fn only_chunks_with_nothing_to_read_skip_the_parse() {
+        let content =
+            r#"{"id":"c","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}"#;
+        assert!(plain_chunk(content));
+        // Quoted words inside text are escaped, so they are not keys.
+        assert!(plain_chunk(
+            r#"{"choices":[{"delta":{"content":"say \"usage\" or \"error\": \"finish_reason\":\"stop\""},"finish_reason" : null}]}"#
+        ));
+        for needs_reading in [
+            r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#,
+            r#"{"choices":[{"delta":{},"finish_reason" :  "length"}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":3}}"#,
+            r#"{"choices":[{"delta":{},"finish_reason":null}],"x_groq":{"usage":{}}}"#,
+            r#"{"error":{"message":"overloaded"}}"#,
+            r#"{"object":"error","message":"boom"}"#,
+            r#"{"choices":["finish_reason"]}"#,
+        ] {
+            assert!(!plain_chunk(needs_reading), "{needs_reading}");
+        }
+    }
+}
