@@ -106,6 +106,8 @@ fn test(root: &Path, extra: &[String]) -> Result<(), String> {
         "smart-router-sdk",
         "-p",
         "adapter-openai",
+        "-p",
+        "adapter-anthropic",
         "--features",
         "smart-router-sdk/strategy,smart-router-sdk/adapter",
     ]))?;

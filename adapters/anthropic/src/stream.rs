@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use smart_router_sdk::json::{self, Value, json};
+use smart_router_sdk::raw::{self, Members};
 use smart_router_sdk::{
     ErrorClass, ProviderError, RequestContext, SseEvent, StreamOutput, StreamTranslator,
 };
@@ -20,9 +21,42 @@ pub struct AnthropicStream {
     tool_blocks: BTreeMap<u64, usize>,
     started: bool,
     done: bool,
+    /// The end of every chunk of this stream, after its choices: `created`, `id`, `model` and
+    /// `object`, as [`smart_router_sdk::openai::chunk`] writes them.
+    tail: String,
 }
 
 impl AnthropicStream {
+    fn set_tail(&mut self) {
+        let quoted = |s: &str| json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+        self.tail = format!(
+            ",\"created\":0,\"id\":{},\"model\":{},\"object\":\"chat.completion.chunk\"}}",
+            quoted(&self.id),
+            quoted(&self.model)
+        );
+    }
+
+    /// A text delta, most of a stream, read without building trees of it: its text goes into the
+    /// chunk as it was written. `None` for anything else (the full reading handles it).
+    fn text_delta(&self, data: &str) -> Option<String> {
+        let top: Members<'_> = json::from_str(data).ok()?;
+        if raw::string(top.get("type").copied())? != "content_block_delta" {
+            return None;
+        }
+        let delta: Members<'_> = json::from_str(top.get("delta")?.get()).ok()?;
+        if raw::string(delta.get("type").copied())? != "text_delta" {
+            return None;
+        }
+        let text = delta.get("text")?.get().trim();
+        if !text.starts_with('"') || text == "\"\"" {
+            return None;
+        }
+        Some(format!(
+            "{{\"choices\":[{{\"delta\":{{\"content\":{text}}},\"finish_reason\":null,\"index\":0}}]{}",
+            self.tail
+        ))
+    }
+
     /// A `chat.completion.chunk` with one choice.
     fn chunk(&self, delta: Value, finish_reason: Value) -> String {
         let choice = json!({ "index": 0, "delta": delta, "finish_reason": finish_reason });
@@ -42,6 +76,7 @@ impl AnthropicStream {
             self.model = model.to_string();
         }
         self.tokens.update(&message["usage"]);
+        self.set_tail();
         self.started = true;
         let delta = json!({ "role": "assistant", "content": "" });
         vec![self.chunk(delta, Value::Null)]
@@ -88,7 +123,7 @@ impl AnthropicStream {
 
 impl StreamTranslator for AnthropicStream {
     fn new(ctx: RequestContext) -> Self {
-        AnthropicStream {
+        let mut stream = AnthropicStream {
             include_usage: ctx.include_usage,
             id: "chatcmpl-anthropic".into(),
             model: ctx.model,
@@ -96,13 +131,25 @@ impl StreamTranslator for AnthropicStream {
             tool_blocks: BTreeMap::new(),
             started: false,
             done: false,
-        }
+            tail: String::new(),
+        };
+        stream.set_tail();
+        stream
     }
 
     fn push(&mut self, event: SseEvent) -> Result<StreamOutput, ProviderError> {
         let data = event.data.trim();
         if data.is_empty() {
             return Ok(StreamOutput::empty());
+        }
+        if event.event != "error"
+            && let Some(chunk) = self.text_delta(data)
+        {
+            return Ok(StreamOutput {
+                chunks: vec![chunk],
+                usage: None,
+                done: false,
+            });
         }
         let v: Value = json::from_str(data).map_err(|e| {
             ProviderError::new(
@@ -149,5 +196,50 @@ impl StreamTranslator for AnthropicStream {
             ));
         }
         Ok(StreamOutput::empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream() -> AnthropicStream {
+        let mut s = AnthropicStream {
+            include_usage: false,
+            id: "chatcmpl-msg_\"01\"".into(),
+            model: "claude-é".into(),
+            tokens: Tokens::default(),
+            tool_blocks: BTreeMap::new(),
+            started: true,
+            done: false,
+            tail: String::new(),
+        };
+        s.set_tail();
+        s
+    }
+
+    #[test]
+    fn a_text_delta_read_lazily_is_the_chunk_the_full_reading_makes() {
+        let s = stream();
+        for data in [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+            r#"{"type": "content_block_delta", "delta": {"text": "caf\u00e9 \"q\"\n", "type": "text_delta"}, "index": 0}"#,
+        ] {
+            let lazy = s.text_delta(data).expect("a text delta");
+            let full = s.block_delta(&json::from_str(data).expect("json"));
+            assert_eq!(full.len(), 1);
+            let parse = |c: &str| json::from_str::<Value>(c).expect("chunk is JSON");
+            assert_eq!(parse(&lazy), parse(&full[0]), "{data}");
+        }
+        // Everything else takes the full reading.
+        for data in [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":""}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":3}}"#,
+            r#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"x"}"#,
+        ] {
+            assert_eq!(s.text_delta(data), None, "{data}");
+        }
     }
 }
