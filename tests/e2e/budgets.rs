@@ -2,23 +2,16 @@
 
 use serde_json::{Value, json};
 use smart_router_tests::gateway::KEY;
-use smart_router_tests::{Behaviour, Gateway, MockUpstream};
+use smart_router_tests::{Behaviour, Gateway, MockUpstream, behind_one_provider};
 use sqlx::Row;
 
 /// Each mock answer is 11 + 7 tokens; at $10 per 1k tokens that is $0.18.
 async fn setup() -> (Gateway, MockUpstream) {
-    let mock = MockUpstream::start().await;
-    let providers = format!(
-        "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    channels:\n      - {{ model: paid, input_cost_per_1k: 10.0, output_cost_per_1k: 10.0 }}\n      - {{ model: free, priority: 2 }}\n",
-        mock.base_url()
-    );
-    let groups = "model_groups:\n  paid-only:\n    strategy: priority\n    budget: { daily: 1.0 }\n    channels: [{channel: up/paid}]\n  with-free:\n    strategy: priority\n    budget: { daily: 0.5 }\n    channels: [{channel: up/paid}, {channel: up/free}]\n";
-    let gw = Gateway::builder()
-        .providers(&providers)
-        .groups(groups)
-        .start()
-        .await;
-    (gw, mock)
+    behind_one_provider(
+        "      - { model: paid, input_cost_per_1k: 10.0, output_cost_per_1k: 10.0 }\n      - { model: free, priority: 2 }\n",
+        |b| b.groups("model_groups:\n  paid-only:\n    strategy: priority\n    budget: { daily: 1.0 }\n    channels: [{channel: up/paid}]\n  with-free:\n    strategy: priority\n    budget: { daily: 0.5 }\n    channels: [{channel: up/paid}, {channel: up/free}]\n"),
+    )
+    .await
 }
 
 fn ask(model: &str) -> Value {

@@ -5,22 +5,15 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use smart_router_tests::gateway::KEY;
-use smart_router_tests::{Behaviour, Gateway, MockUpstream};
+use smart_router_tests::{Behaviour, Gateway, MockUpstream, behind_one_provider};
 use sqlx::Row;
 
 async fn setup() -> (Gateway, MockUpstream) {
-    let mock = MockUpstream::start().await;
-    let providers = format!(
-        "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    channels:\n      - {{ model: m1, input_cost_per_1k: 1.0, output_cost_per_1k: 1.0 }}\n      - {{ model: broken }}\n",
-        mock.base_url()
-    );
-    let groups = "model_groups:\n  cached:\n    cache: { ttl_secs: 600 }\n    channels: [{channel: up/m1}]\n  brief:\n    cache: { ttl_secs: 1 }\n    channels: [{channel: up/m1}]\n  flaky:\n    cache: { ttl_secs: 600 }\n    channels: [{channel: up/broken}]\n";
-    let gw = Gateway::builder()
-        .providers(&providers)
-        .groups(groups)
-        .start()
-        .await;
-    (gw, mock)
+    behind_one_provider(
+        "      - { model: m1, input_cost_per_1k: 1.0, output_cost_per_1k: 1.0 }\n      - { model: broken }\n",
+        |b| b.groups("model_groups:\n  cached:\n    cache: { ttl_secs: 600 }\n    channels: [{channel: up/m1}]\n  brief:\n    cache: { ttl_secs: 1 }\n    channels: [{channel: up/m1}]\n  flaky:\n    cache: { ttl_secs: 600 }\n    channels: [{channel: up/broken}]\n"),
+    )
+    .await
 }
 
 fn header(resp: &reqwest::Response, name: &str) -> Option<String> {

@@ -5,6 +5,44 @@ use serde_json::{Value, json};
 use smart_router_tests::Gateway;
 use smart_router_tests::gateway::KEY;
 
+/// `POST /v1/chat/completions` with `key`.
+async fn chat_as(gw: &Gateway, key: &str, body: &Value) -> reqwest::Response {
+    gw.client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("send")
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().expect("ascii").to_string())
+}
+
+/// A gateway whose one channel, `m1`, is the built-in mock.
+async fn one_mock_channel() -> Gateway {
+    Gateway::builder()
+        .providers("providers:\n  mock:\n    adapter: openai\n    base_url: mock://\n    channels: [{model: m1}]\n")
+        .start()
+        .await
+}
+
+/// `POST /admin/keys` with the master key: the status and the answer.
+async fn create_key(gw: &Gateway, body: Value) -> (reqwest::StatusCode, Value) {
+    let resp = gw
+        .client
+        .post(gw.url("/admin/keys"))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    (resp.status(), resp.json().await.expect("json"))
+}
+
 #[tokio::test]
 async fn keys_are_created_listed_and_revoked_over_the_admin_api() {
     let gw = Gateway::builder()
@@ -131,36 +169,14 @@ async fn keys_are_created_listed_and_revoked_over_the_admin_api() {
 /// `Retry-After` and `x-ratelimit-*` headers and a usage row, until the bucket refills.
 #[tokio::test]
 async fn a_key_over_its_requests_per_minute_gets_openai_rate_limit_answers() {
-    let gw = Gateway::builder()
-        .providers("providers:\n  mock:\n    adapter: openai\n    base_url: mock://\n    channels: [{model: m1}]\n")
-        .start()
-        .await;
-    let created: Value = gw
-        .client
-        .post(gw.url("/admin/keys"))
-        .bearer_auth(KEY)
-        .json(&json!({"name": "paced", "rpm_limit": 60}))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let gw = one_mock_channel().await;
+    let (_, created) = create_key(&gw, json!({"name": "paced", "rpm_limit": 60})).await;
     assert_eq!(created["rpm_limit"], 60, "{created}");
     let key = created["key"].as_str().expect("key").to_string();
+    let hi = json!({"model": "m1", "messages": [{"role": "user", "content": "hi"}]});
     let send = |key: String| {
-        let body = json!({"model": "m1", "messages": [{"role": "user", "content": "hi"}]});
-        let req = gw
-            .client
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(key)
-            .json(&body);
-        async move { req.send().await.expect("send") }
-    };
-    let header = |resp: &reqwest::Response, name: &str| {
-        resp.headers()
-            .get(name)
-            .map(|v| v.to_str().expect("ascii").to_string())
+        let (gw, hi) = (&gw, &hi);
+        async move { chat_as(gw, &key, hi).await }
     };
 
     // The whole minute in a burst; the bucket refills by one a second meanwhile.
@@ -229,34 +245,11 @@ async fn a_key_over_its_requests_per_minute_gets_openai_rate_limit_answers() {
 
 #[tokio::test]
 async fn a_key_over_its_tokens_per_minute_waits_for_what_it_used() {
-    let gw = Gateway::builder()
-        .providers("providers:\n  mock:\n    adapter: openai\n    base_url: mock://\n    channels: [{model: m1}]\n")
-        .start()
-        .await;
-    let (status, refused) = {
-        let resp = gw
-            .client
-            .post(gw.url("/admin/keys"))
-            .bearer_auth(KEY)
-            .json(&json!({"name": "t", "tpm_limit": 0}))
-            .send()
-            .await
-            .expect("send");
-        (resp.status(), resp.json::<Value>().await.expect("json"))
-    };
+    let gw = one_mock_channel().await;
+    let (status, refused) = create_key(&gw, json!({"name": "t", "tpm_limit": 0})).await;
     assert_eq!(status, 400);
     assert_eq!(refused["error"]["param"], "tpm_limit", "{refused}");
-    let created: Value = gw
-        .client
-        .post(gw.url("/admin/keys"))
-        .bearer_auth(KEY)
-        .json(&json!({"name": "metered", "tpm_limit": 6000}))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let (_, created) = create_key(&gw, json!({"name": "metered", "tpm_limit": 6000})).await;
     assert_eq!(created["tpm_limit"], 6000, "{created}");
     let key = created["key"].as_str().expect("key").to_string();
     // About 500 prompt tokens a request (the mock counts a quarter of the messages' bytes) and,
@@ -266,17 +259,8 @@ async fn a_key_over_its_tokens_per_minute_waits_for_what_it_used() {
     let send = |model: &'static str| {
         let body =
             json!({"model": model, "n": 10, "messages": [{"role": "user", "content": long}]});
-        let req = gw
-            .client
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(&key)
-            .json(&body);
-        async move { req.send().await.expect("send") }
-    };
-    let header = |resp: &reqwest::Response, name: &str| {
-        resp.headers()
-            .get(name)
-            .map(|v| v.to_str().expect("ascii").to_string())
+        let (gw, key) = (&gw, &key);
+        async move { chat_as(gw, key, &body).await }
     };
     let remaining = |resp: &reqwest::Response| -> u32 {
         header(resp, "x-ratelimit-remaining-tokens")
@@ -384,31 +368,14 @@ async fn a_burst_of_concurrent_requests_holds_each_ones_max_tokens_at_admission(
         ))
         .start()
         .await;
-    let created: Value = gw
-        .client
-        .post(gw.url("/admin/keys"))
-        .bearer_auth(KEY)
-        .json(&json!({"name": "burst", "tpm_limit": 6000}))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let (_, created) = create_key(&gw, json!({"name": "burst", "tpm_limit": 6000})).await;
     let key = created["key"].as_str().expect("key").to_string();
     // A few prompt tokens and up to 2,500 answer tokens each: three are let in while tokens are
     // left (the third into 1,500 of debt, 15 s of refill), not the ten that their prompts alone
     // would let through.
     let body =
         json!({"model": "m", "max_tokens": 2500, "messages": [{"role": "user", "content": "hi"}]});
-    let sends = (0..10).map(|_| {
-        let req = gw
-            .client
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(&key)
-            .json(&body);
-        async move { req.send().await.expect("send").status().as_u16() }
-    });
+    let sends = (0..10).map(|_| async { chat_as(&gw, &key, &body).await.status().as_u16() });
     let mut statuses = futures_util::future::join_all(sends).await;
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 200, 200, 429, 429, 429, 429, 429, 429, 429]);

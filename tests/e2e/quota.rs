@@ -1,28 +1,13 @@
 //! Daily quotas: exact under concurrency, and the next channel takes over at exhaustion.
 
 use serde_json::json;
-use smart_router_tests::{Gateway, MockUpstream};
-
-async fn setup(channels: &str, groups: &str) -> (Gateway, MockUpstream) {
-    let mock = MockUpstream::start().await;
-    let providers = format!(
-        "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    channels:\n{channels}",
-        mock.base_url()
-    );
-    let gw = Gateway::builder()
-        .providers(&providers)
-        .groups(groups)
-        .start()
-        .await;
-    (gw, mock)
-}
+use smart_router_tests::{Gateway, MockUpstream, behind_one_provider};
 
 #[tokio::test]
 async fn sixty_four_concurrent_requests_against_a_limit_of_fifty_make_exactly_fifty_calls() {
-    let (gw, mock) = setup(
-        "      - { model: a, daily_limit: 50 }\n",
-        "model_groups: {}\n",
-    )
+    let (gw, mock) = behind_one_provider("      - { model: a, daily_limit: 50 }\n", |b| {
+        b.groups("model_groups: {}\n")
+    })
     .await;
     let gw = std::sync::Arc::new(gw);
     let mut tasks = Vec::new();
@@ -55,9 +40,9 @@ async fn sixty_four_concurrent_requests_against_a_limit_of_fifty_make_exactly_fi
 
 #[tokio::test]
 async fn the_free_quota_is_spent_first_then_the_paid_channel_takes_over() {
-    let (gw, mock) = setup(
+    let (gw, mock) = behind_one_provider(
         "      - { model: free, daily_limit: 3 }\n      - { model: paid, input_cost_per_1k: 0.001, output_cost_per_1k: 0.002 }\n",
-        "model_groups:\n  auto:cheap:\n    routing_strategy:\n      - { field: effective_cost, order: asc, weight: 1.0 }\n",
+        |b| b.groups("model_groups:\n  auto:cheap:\n    routing_strategy:\n      - { field: effective_cost, order: asc, weight: 1.0 }\n"),
     )
     .await;
     let mut served = Vec::new();
@@ -82,7 +67,8 @@ async fn the_free_quota_is_spent_first_then_the_paid_channel_takes_over() {
 
 #[tokio::test]
 async fn provider_keys_never_reach_clients_or_logs() {
-    let (gw, mock) = setup("      - { model: a }\n", "model_groups: {}\n").await;
+    let (gw, mock) =
+        behind_one_provider("      - { model: a }\n", |b| b.groups("model_groups: {}\n")).await;
     let secret = "sk-upstream-secret-0123456789";
     // A provider that echoes the key back in its error (some do, partly masked or not).
     mock.set("a", smart_router_tests::Behaviour::Fail { status: 401, body: json!({"error": {"message": format!("Incorrect API key provided: {secret}"), "type": "invalid_request_error", "code": "invalid_api_key"}}), headers: vec![] });
@@ -152,9 +138,9 @@ async fn served_by(gw: &Gateway, body: serde_json::Value) -> String {
 #[tokio::test]
 async fn daily_token_and_cost_limits_settle_with_real_usage() {
     // Every mock answer uses 11 + 7 = 18 tokens.
-    let (gw, mock) = setup(
+    let (gw, mock) = behind_one_provider(
         "      - { model: a, priority: 1, daily_token_limit: 40 }\n      - { model: c, priority: 2, input_cost_per_1k: 1.0, output_cost_per_1k: 1.0, daily_cost_limit: 0.04 }\n      - { model: z, priority: 3 }\n",
-        "model_groups:\n  g: {strategy: priority}\n",
+        |b| b.groups("model_groups:\n  g: {strategy: priority}\n"),
     )
     .await;
     // a: 18 used, then 36; a third call would reserve more than the 4 tokens left.
@@ -210,9 +196,9 @@ async fn daily_limits_survive_a_restart() {
 
 #[tokio::test]
 async fn an_off_peak_window_changes_the_price_routing_sees() {
-    let (gw, _mock) = setup(
+    let (gw, _mock) = behind_one_provider(
         "      - { model: peak-cheap, input_cost_per_1k: 0.002, output_cost_per_1k: 0.002 }\n      - { model: offpeak, input_cost_per_1k: 0.003, output_cost_per_1k: 0.003 }\n",
-        "model_groups:\n  g:\n    routing_strategy: [{ field: effective_cost, order: asc, weight: 1.0 }]\n",
+        |b| b.groups("model_groups:\n  g:\n    routing_strategy: [{ field: effective_cost, order: asc, weight: 1.0 }]\n"),
     )
     .await;
     assert_eq!(served_by(&gw, ask(5)).await, "up/peak-cheap");

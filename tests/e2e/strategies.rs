@@ -4,21 +4,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use smart_router_tests::{Behaviour, Gateway, MockUpstream};
+use smart_router_tests::{Behaviour, Gateway, MockUpstream, behind_one_provider};
 
 async fn setup(strategy: &str, channels: &str) -> (Gateway, MockUpstream) {
-    let mock = MockUpstream::start().await;
-    let providers = format!(
-        "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    channels:\n{channels}",
-        mock.base_url()
-    );
-    let gw = Gateway::builder()
-        .providers(&providers)
-        .groups(&format!("model_groups:\n  g:\n    strategy: {strategy}\n"))
-        .strategies(&[strategy])
-        .start()
-        .await;
-    (gw, mock)
+    behind_one_provider(channels, |b| {
+        b.groups(&format!("model_groups:\n  g:\n    strategy: {strategy}\n"))
+            .strategies(&[strategy])
+    })
+    .await
 }
 
 async fn route(gw: &Gateway, body: Value) -> String {

@@ -11,6 +11,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// A mock upstream and a gateway with one `openai` provider, `up`, in front of it: `channels` is
+/// the provider's channel list (YAML lines indented under it); `rest` sets up the rest of the
+/// gateway (its groups, say).
+pub async fn behind_one_provider(
+    channels: &str,
+    rest: impl FnOnce(GatewayBuilder) -> GatewayBuilder,
+) -> (Gateway, MockUpstream) {
+    let mock = MockUpstream::start().await;
+    let providers = format!(
+        "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    channels:\n{channels}",
+        mock.base_url()
+    );
+    let gw = rest(Gateway::builder().providers(&providers)).start().await;
+    (gw, mock)
+}
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
