@@ -39,6 +39,10 @@ pub struct Allowance {
     pub remaining: u32,
     /// Milliseconds until the bucket is full again.
     pub reset_ms: u64,
+    /// What this request took: its cost, or less when that would have put the key more than a
+    /// minute in debt. What is settled or given back later is reckoned from this, so a request
+    /// asking for far more than the limit cannot be handed back tokens it never took.
+    pub taken: u32,
 }
 
 /// A request refused: when the next one may come, and where the key stands.
@@ -115,12 +119,14 @@ impl KeyRates {
         now_ms: u64,
     ) -> Result<Allowance, Refused> {
         self.with_bucket(key, limit, now_ms, |b, cap, per_ms| {
-            let taken = b.tokens >= 1.0;
-            if taken {
+            let admitted = b.tokens >= 1.0;
+            let before = b.tokens;
+            if admitted {
                 b.tokens = (b.tokens - f64::from(cost)).max(-cap);
             }
-            let allowance = self.allowance(b, limit, cap, per_ms);
-            if taken {
+            let mut allowance = self.allowance(b, limit, cap, per_ms);
+            if admitted {
+                allowance.taken = (before - b.tokens).round() as u32;
                 Ok(allowance)
             } else {
                 Err(Refused {
@@ -147,6 +153,7 @@ impl KeyRates {
             limit,
             remaining: b.tokens.max(0.0).floor() as u32,
             reset_ms: ((cap - b.tokens) / per_ms).ceil() as u64,
+            taken: 0,
         }
     }
 
@@ -256,6 +263,20 @@ mod tests {
             tokens.take("k", 600, 0, t + 60_100).expect("ok").remaining,
             600
         );
+    }
+
+    #[test]
+    fn a_request_asking_for_more_than_a_minute_takes_only_what_it_can() {
+        let tokens = KeyRates::new(Unit::Tokens);
+        let t = 1_000_000;
+        // A full bucket of 600 and a minute of debt: 1,200 taken of the million asked.
+        let a = tokens.take("k", 600, 1_000_000, t).expect("allowed");
+        assert_eq!((a.taken, a.remaining), (1_200, 0));
+        // It used 900: settled from what it took, the key is 300 in debt, not refilled.
+        tokens.settle("k", 600, 900 - i64::from(a.taken), t);
+        assert!(tokens.take("k", 600, 1, t).is_err());
+        // At 10 a second, from -300 back to 1.
+        assert_eq!(tokens.take("k", 600, 1, t + 30_100).expect("ok").taken, 1);
     }
 
     #[test]

@@ -381,3 +381,32 @@ async fn a_burst_of_concurrent_requests_holds_each_ones_max_tokens_at_admission(
     assert_eq!(statuses, [200, 200, 200, 429, 429, 429, 429, 429, 429, 429]);
     assert_eq!(mock.calls("m").len(), 3);
 }
+
+#[tokio::test]
+async fn asking_for_more_than_the_limit_does_not_refill_the_key() {
+    let gw = one_mock_channel().await;
+    let (_, created) = create_key(&gw, json!({"name": "greedy", "tpm_limit": 6000})).await;
+    let key = created["key"].as_str().expect("key").to_string();
+    // About 1,500 tokens used a request, each asking for a million: every hold is cut to what
+    // the bucket has and a minute of debt, and settles from that, so the key runs dry as with
+    // honest requests instead of being handed back the million it never had.
+    let body = json!({"model": "m1", "n": 10, "max_tokens": 1_000_000,
+        "messages": [{"role": "user", "content": "x ".repeat(1000)}]});
+    let started = std::time::Instant::now();
+    let mut served = 0;
+    loop {
+        let resp = chat_as(&gw, &key, &body).await;
+        if resp.status() == 429 {
+            break;
+        }
+        assert_eq!(resp.status(), 200);
+        served += 1;
+        assert!(served <= 12, "never refused");
+    }
+    let refills = started.elapsed().as_secs() as i64 + 1;
+    assert!(
+        (4..=5 + refills / 15).contains(&served),
+        "{served} served in {:?}",
+        started.elapsed()
+    );
+}

@@ -201,30 +201,29 @@ fn with_model(body: &str, model: &str, stream_usage: bool) -> Result<Vec<u8>, Pr
     Ok(out)
 }
 
-/// True when a stream chunk needs nothing read from it: no error, no usage, no finish reason
-/// other than `null`. Keys are found as their quoted text, which cannot occur inside a JSON
-/// string (a quote there is always escaped), so a chunk that says "usage" in its text still
-/// passes; anything unusual (a key written with escapes, a key in a nested object) only takes
-/// the full parse.
+/// True when a stream chunk needs nothing read from it: no error, and no usage or finish reason
+/// other than `null` (OpenAI sends `"usage": null` in every chunk of a stream that asked for
+/// usage). Keys are found as their quoted text, which cannot occur inside a JSON string (a quote
+/// there is always escaped), so a chunk that says "usage" in its text still passes; a key in a
+/// nested object only costs the full parse. A key written with escapes (`"\u0075sage"`) would
+/// pass unread; no provider writes its keys so.
 fn plain_chunk(data: &str) -> bool {
-    if ["\"error\"", "\"usage\"", "\"x_groq\""]
-        .iter()
-        .any(|k| data.contains(k))
-    {
+    if data.contains("\"error\"") || data.contains("\"x_groq\"") {
         return false;
     }
-    const FINISH: &str = "\"finish_reason\"";
-    let mut rest = data;
-    while let Some(at) = rest.find(FINISH) {
-        let Some(value) = rest[at + FINISH.len()..].trim_start().strip_prefix(':') else {
-            return false;
-        };
-        rest = value.trim_start();
-        if !rest.starts_with("null") {
-            return false;
+    ["\"finish_reason\"", "\"usage\""].iter().all(|key| {
+        let mut rest = data;
+        while let Some(at) = rest.find(key) {
+            let Some(value) = rest[at + key.len()..].trim_start().strip_prefix(':') else {
+                return false;
+            };
+            rest = value.trim_start();
+            if !rest.starts_with("null") {
+                return false;
+            }
         }
-    }
-    true
+        true
+    })
 }
 
 /// Stream translation: chunks pass through; usage is captured; errors inside the stream surface.
@@ -333,6 +332,10 @@ mod tests {
         let content =
             r#"{"id":"c","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}"#;
         assert!(plain_chunk(content));
+        // OpenAI's chunks when the stream asked for usage.
+        assert!(plain_chunk(
+            r#"{"id":"c","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"usage":null}"#
+        ));
         // Quoted words inside text are escaped, so they are not keys.
         assert!(plain_chunk(
             r#"{"choices":[{"delta":{"content":"say \"usage\" or \"error\": \"finish_reason\":\"stop\""},"finish_reason" : null}]}"#

@@ -282,8 +282,9 @@ async fn handle(
 }
 
 /// The key's per-minute limits: takes one request, and holds the prompt estimate and the
-/// answer's (its `max_tokens`, else the quota's default) from its tokens, as OpenAI counts
-/// `max_tokens` at admission; settled by the first attempt to end. Returns the tokens held.
+/// answer's (its `max_tokens`, else the quota's default) from its tokens, settled by the first
+/// attempt that uses some. Returns the tokens held: at most what the bucket had and a minute of
+/// debt.
 fn admit(
     app: &App,
     caller: &Caller,
@@ -310,7 +311,7 @@ fn admit(
     match app.key_tokens.take(key, limit, held, now) {
         Ok(a) => {
             allowances[1] = Some(a);
-            Ok(held)
+            Ok(a.taken)
         }
         Err(refused) => {
             allowances[1] = Some(refused.allowance);
