@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use smart_router_tests::gateway::KEY;
-use smart_router_tests::{Behaviour, Gateway, MockUpstream, behind_one_provider};
+use smart_router_tests::{Behaviour, Gateway, MockUpstream, behind_one_provider, header};
 use sqlx::Row;
 
 async fn setup() -> (Gateway, MockUpstream) {
@@ -14,12 +14,6 @@ async fn setup() -> (Gateway, MockUpstream) {
         |b| b.groups("model_groups:\n  cached:\n    cache: { ttl_secs: 600 }\n    channels: [{channel: up/m1}]\n  brief:\n    cache: { ttl_secs: 1 }\n    channels: [{channel: up/m1}]\n  flaky:\n    cache: { ttl_secs: 600 }\n    channels: [{channel: up/broken}]\n"),
     )
     .await
-}
-
-fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().expect("ascii").to_string())
 }
 
 /// Sends `body` with `key`, and optionally a `Cache-Control`; status, cache header, body text.

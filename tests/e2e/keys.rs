@@ -2,8 +2,8 @@
 //! to anyone but the master key, revoked with effect from the next request.
 
 use serde_json::{Value, json};
-use smart_router_tests::Gateway;
 use smart_router_tests::gateway::KEY;
+use smart_router_tests::{Behaviour, Gateway, behind_one_provider, header};
 
 /// `POST /v1/chat/completions` with `key`.
 async fn chat_as(gw: &Gateway, key: &str, body: &Value) -> reqwest::Response {
@@ -14,12 +14,6 @@ async fn chat_as(gw: &Gateway, key: &str, body: &Value) -> reqwest::Response {
         .send()
         .await
         .expect("send")
-}
-
-fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().expect("ascii").to_string())
 }
 
 /// A gateway whose one channel, `m1`, is the built-in mock.
@@ -356,18 +350,8 @@ async fn a_key_over_its_tokens_per_minute_waits_for_what_it_used() {
 async fn a_burst_of_concurrent_requests_holds_each_ones_max_tokens_at_admission() {
     // The upstream takes two seconds, so every request of the burst is admitted or refused
     // before any answer settles what it really used.
-    let mock = smart_router_tests::MockUpstream::start().await;
-    mock.set(
-        "m",
-        smart_router_tests::Behaviour::Slow(std::time::Duration::from_secs(2)),
-    );
-    let gw = Gateway::builder()
-        .providers(&format!(
-            "providers:\n  up:\n    adapter: openai\n    base_url: {}\n    channels: [{{model: m}}]\n",
-            mock.base_url()
-        ))
-        .start()
-        .await;
+    let (gw, mock) = behind_one_provider("      - { model: m }\n", |b| b).await;
+    mock.set("m", Behaviour::Slow(std::time::Duration::from_secs(2)));
     let (_, created) = create_key(&gw, json!({"name": "burst", "tpm_limit": 6000})).await;
     let key = created["key"].as_str().expect("key").to_string();
     // A few prompt tokens and up to 2,500 answer tokens each: three are let in while tokens are

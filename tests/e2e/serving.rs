@@ -188,10 +188,7 @@ async fn in_flight(
             .await
             .expect("send");
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().expect("ascii").to_string());
+        let retry_after = smart_router_tests::header(&resp, "retry-after");
         (status, retry_after, resp.json().await.expect("a JSON body"))
     });
     let arrived = gw

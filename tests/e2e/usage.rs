@@ -287,11 +287,7 @@ async fn a_client_request_id_is_echoed_and_recorded() {
             .collect::<Vec<_>>()
         }
     };
-    let echo = |resp: &reqwest::Response| {
-        resp.headers()
-            .get("x-client-request-id")
-            .map(|v| v.to_str().expect("ascii").to_string())
-    };
+    let echo = |resp: &reqwest::Response| smart_router_tests::header(resp, "x-client-request-id");
     let ours = |resp: &reqwest::Response| {
         let id = resp.headers()["x-request-id"].to_str().expect("ascii");
         assert!(id.starts_with("req_"), "{id}");

@@ -27,6 +27,13 @@ pub async fn behind_one_provider(
     (gw, mock)
 }
 
+/// A response header as text, when present.
+pub fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().expect("ascii").to_string())
+}
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
