@@ -32,11 +32,19 @@ const DEFAULT_OUTPUT_ESTIMATE: u32 = 256;
 /// Completion tokens a budget hold assumes when the request sets no `max_tokens`.
 const BUDGET_OUTPUT_ESTIMATE: u32 = 1024;
 /// The answer's tokens a request is assumed to use before it ends: its `max_tokens`, else
-/// [`DEFAULT_OUTPUT_ESTIMATE`]; none for embeddings.
+/// [`DEFAULT_OUTPUT_ESTIMATE`], for each of its `n` answers; none for embeddings.
 pub(crate) fn output_estimate(facts: &Facts) -> u32 {
+    answers(facts, DEFAULT_OUTPUT_ESTIMATE)
+}
+
+/// `max_tokens` (else `default`) times the answers asked for; 0 for embeddings.
+fn answers(facts: &Facts, default: u32) -> u32 {
     match facts.endpoint {
         Endpoint::Embeddings => 0,
-        Endpoint::Chat => facts.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_ESTIMATE),
+        Endpoint::Chat => facts
+            .max_output_tokens
+            .unwrap_or(default)
+            .saturating_mul(facts.choices.unwrap_or(1)),
     }
 }
 
@@ -199,12 +207,7 @@ pub async fn attempt(
     let budget_estimate = channel
         .cost_micros(
             prompt_estimate + prompt_estimate / 4 + 1,
-            u64::from(
-                scope
-                    .facts
-                    .max_output_tokens
-                    .unwrap_or(BUDGET_OUTPUT_ESTIMATE),
-            ),
+            u64::from(answers(&scope.facts, BUDGET_OUTPUT_ESTIMATE)),
             multiplier,
         )
         .max(0) as u64;

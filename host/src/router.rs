@@ -45,6 +45,8 @@ pub struct Facts {
     pub needs_json: bool,
     pub estimated_prompt_tokens: u32,
     pub max_output_tokens: Option<u32>,
+    /// How many answers the request asks for (`n`), when it says.
+    pub choices: Option<u32>,
 }
 
 /// The channels to try, best first.

@@ -247,8 +247,8 @@ async fn a_key_over_its_tokens_per_minute_waits_for_what_it_used() {
     assert_eq!(created["tpm_limit"], 6000, "{created}");
     let key = created["key"].as_str().expect("key").to_string();
     // About 500 prompt tokens a request (the mock counts a quarter of the messages' bytes) and,
-    // with no `max_tokens`, 256 for the answer, held at once; a thousand in the answer (a token
-    // per word said back, in ten choices), settled after.
+    // with no `max_tokens`, 256 for each of the ten answers, held at once; a thousand in the
+    // answers (a token per word said back, in ten choices), settled after.
     let long = "x ".repeat(1000);
     let send = |model: &'static str| {
         let body =
@@ -267,7 +267,7 @@ async fn a_key_over_its_tokens_per_minute_waits_for_what_it_used() {
     let missing = send("no-such-model").await;
     assert_eq!(missing.status(), 404);
     let held = 6000 - remaining(&missing);
-    assert!((650..=850).contains(&held), "held {held}");
+    assert!((2960..=3160).contains(&held), "held {held}");
     let first = send("m1").await;
     assert_eq!(first.status(), 200);
     assert_eq!(
@@ -290,7 +290,7 @@ async fn a_key_over_its_tokens_per_minute_waits_for_what_it_used() {
         if served == 2 {
             // The first request's whole answer was settled, not just its estimate: its prompt and
             // a thousand, then the second's hold.
-            let expected = 6000 - (held - 256 + 1000) - held;
+            let expected = 6000 - (held - 2560 + 1000) - held;
             assert!(
                 remaining(&resp) <= expected + 50,
                 "{} remaining, at most {expected} expected",
@@ -352,18 +352,33 @@ async fn a_burst_of_concurrent_requests_holds_each_ones_max_tokens_at_admission(
     // before any answer settles what it really used.
     let (gw, mock) = behind_one_provider("      - { model: m }\n", |b| b).await;
     mock.set("m", Behaviour::Slow(std::time::Duration::from_secs(2)));
-    let (_, created) = create_key(&gw, json!({"name": "burst", "tpm_limit": 6000})).await;
-    let key = created["key"].as_str().expect("key").to_string();
     // A few prompt tokens and up to 2,500 answer tokens each: three are let in while tokens are
     // left (the third into 1,500 of debt, 15 s of refill), not the ten that their prompts alone
-    // would let through.
-    let body =
+    // would let through. Two answers (`n: 2`) of 1,250 tokens hold as much as one of 2,500:
+    // a second key's burst of those, at the same time, fares the same.
+    let one =
         json!({"model": "m", "max_tokens": 2500, "messages": [{"role": "user", "content": "hi"}]});
-    let sends = (0..10).map(|_| async { chat_as(&gw, &key, &body).await.status().as_u16() });
-    let mut statuses = futures_util::future::join_all(sends).await;
-    statuses.sort_unstable();
-    assert_eq!(statuses, [200, 200, 200, 429, 429, 429, 429, 429, 429, 429]);
-    assert_eq!(mock.calls("m").len(), 3);
+    let two = json!({"model": "m", "n": 2, "max_tokens": 1250, "messages": [{"role": "user", "content": "hi"}]});
+    let burst = |name: &'static str, body: Value| {
+        let gw = &gw;
+        async move {
+            let (_, created) = create_key(gw, json!({"name": name, "tpm_limit": 6000})).await;
+            let key = created["key"].as_str().expect("key").to_string();
+            let sends = (0..10).map(|_| chat_as(gw, &key, &body));
+            let mut statuses: Vec<u16> = futures_util::future::join_all(sends)
+                .await
+                .iter()
+                .map(|r| r.status().as_u16())
+                .collect();
+            statuses.sort_unstable();
+            statuses
+        }
+    };
+    let (single, double) = tokio::join!(burst("one", one), burst("two", two));
+    for statuses in [single, double] {
+        assert_eq!(statuses, [200, 200, 200, 429, 429, 429, 429, 429, 429, 429]);
+    }
+    assert_eq!(mock.calls("m").len(), 6);
 }
 
 #[tokio::test]

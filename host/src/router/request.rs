@@ -50,6 +50,7 @@ struct Body {
     response_format: Option<Value>,
     stream_options: Option<Value>,
     input: Option<Value>,
+    n: Option<Value>,
 }
 
 /// What `messages` holds, measured as it is parsed.
@@ -117,6 +118,19 @@ fn chat(body: Body) -> Result<Facts, ApiError> {
             }
         },
     };
+    // OpenAI's bounds: each of `n` answers may use `max_tokens`.
+    let choices = match body.n {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(n @ 1..=128) => Some(n as u32),
+            _ => {
+                return Err(ApiError::invalid_param(
+                    "n",
+                    "`n` must be an integer from 1 to 128",
+                ));
+            }
+        },
+    };
     let needs_tools = match &body.tools {
         None | Some(Value::Null) => false,
         Some(Value::Array(t)) => {
@@ -148,6 +162,7 @@ fn chat(body: Body) -> Result<Facts, ApiError> {
         needs_json,
         estimated_prompt_tokens: (text_bytes / 4 + 4 * count).min(u32::MAX as usize) as u32,
         max_output_tokens,
+        choices,
     })
 }
 
@@ -310,7 +325,7 @@ fn key<'de, const N: usize, A: MapAccess<'de>>(
     map.next_key_seed(Seed(names))
 }
 
-const BODY_MEMBERS: [&str; 9] = [
+const BODY_MEMBERS: [&str; 10] = [
     "model",
     "messages",
     "stream",
@@ -320,6 +335,7 @@ const BODY_MEMBERS: [&str; 9] = [
     "response_format",
     "stream_options",
     "input",
+    "n",
 ];
 
 visited!(Body, "a JSON object", deserialize_map, {
@@ -339,6 +355,7 @@ visited!(Body, "a JSON object", deserialize_map, {
                 6 => &mut b.response_format,
                 7 => &mut b.stream_options,
                 8 => &mut b.input,
+                9 => &mut b.n,
                 _ => {
                     map.next_value::<Valid>()?;
                     continue;
@@ -525,6 +542,16 @@ mod tests {
         assert_eq!(f.model, "m");
         assert!(f.is_stream && f.include_usage && f.needs_tools && f.needs_vision && f.needs_json);
         assert_eq!(f.max_output_tokens, Some(9));
+        assert_eq!(f.choices, None);
+        let n = |body: &str| chat(body).expect("valid").choices;
+        assert_eq!(
+            n(r#"{"model": "m", "n": 3, "messages": [{"role": "user"}]}"#),
+            Some(3)
+        );
+        assert_eq!(
+            n(r#"{"model": "m", "n": null, "messages": [{"role": "user"}]}"#),
+            None
+        );
     }
 
     #[test]
@@ -572,6 +599,18 @@ mod tests {
             (
                 r#"{"model": "m", "tools": {}, "messages": [{"role": "user"}]}"#,
                 "`tools` must be an array",
+            ),
+            (
+                r#"{"model": "m", "n": 0, "messages": [{"role": "user"}]}"#,
+                "`n` must be an integer from 1 to 128",
+            ),
+            (
+                r#"{"model": "m", "n": 129, "messages": [{"role": "user"}]}"#,
+                "`n` must be an integer from 1 to 128",
+            ),
+            (
+                r#"{"model": "m", "n": 1.5, "messages": [{"role": "user"}]}"#,
+                "`n` must be an integer from 1 to 128",
             ),
         ];
         for (body, why) in cases {
