@@ -10,9 +10,14 @@
 //!
 //! Bounded by bytes (`cache.max_mb`): the oldest entries go first. Keys are SHA-256 digests, so
 //! no prompt is kept twice and none is readable from the index.
+//!
+//! Identical requests that arrive together are sent once: while the first of them is with a
+//! provider, the others wait for its answer ([`Cache::lead`]) and are served from the cache —
+//! or, should it fail or not be kept, go on their own. Streams are not held back so: a waiting
+//! stream would get its first byte only when the whole of the first one had ended.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -53,6 +58,39 @@ struct Inner {
 
 pub struct Cache {
     inner: Mutex<Inner>,
+    /// Requests on their way to a provider, by key: identical ones wait for them.
+    flights: Arc<Mutex<HashMap<CacheKey, tokio::sync::watch::Receiver<()>>>>,
+}
+
+/// What a request missing the cache does about identical ones already on their way.
+pub enum Flight {
+    /// None is: this one goes, and the others wait until the guard is dropped.
+    Lead(Leading),
+    /// One is: resolves when it has finished (answered and stored, or failed).
+    Follow(tokio::sync::watch::Receiver<()>),
+}
+
+/// Held by the request that identical ones wait for; they are released when it is dropped.
+pub struct Leading {
+    key: CacheKey,
+    flights: Arc<Mutex<HashMap<CacheKey, tokio::sync::watch::Receiver<()>>>>,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        flights.remove(&self.key);
+        // The sender goes after this: every receiver's `changed()` then returns.
+    }
+}
+
+impl Flight {
+    /// Waits until the request followed has finished, or `at_most` has passed.
+    pub async fn finished(mut rx: tokio::sync::watch::Receiver<()>, at_most: std::time::Duration) {
+        // `changed` fails once the sender is gone, which is all it ever does here.
+        let _ = tokio::time::timeout(at_most, rx.changed()).await;
+    }
 }
 
 /// What the client asked of the cache (`Cache-Control`).
@@ -89,7 +127,23 @@ impl Cache {
     pub fn new() -> Self {
         Cache {
             inner: Mutex::default(),
+            flights: Arc::default(),
         }
+    }
+
+    /// Leads the requests under `key`, or follows the one already leading them.
+    pub fn lead(&self, key: &CacheKey) -> Flight {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = flights.get(key) {
+            return Flight::Follow(rx.clone());
+        }
+        let (done, rx) = tokio::sync::watch::channel(());
+        flights.insert(*key, rx);
+        Flight::Lead(Leading {
+            key: *key,
+            flights: self.flights.clone(),
+            _done: done,
+        })
     }
 
     pub fn key(key_id: &str, endpoint: Endpoint, body: &[u8]) -> CacheKey {

@@ -231,3 +231,67 @@ async fn a_stream_is_replayed_and_failures_and_stale_answers_are_not() {
         Some("miss")
     );
 }
+
+#[tokio::test]
+async fn identical_requests_arriving_together_reach_the_provider_once() {
+    let (gw, mock) = behind_one_provider(
+        "      - { model: m1 }\n      - { model: broken }\n",
+        |b| {
+            b.groups("model_groups:\n  cached:\n    cache: { ttl_secs: 600 }\n    channels: [{channel: up/m1}]\n  flaky:\n    cache: { ttl_secs: 600 }\n    channels: [{channel: up/broken}]\n")
+                .system("components_dir: components\nupstream:\n  first_byte_timeout_secs: 1\n")
+        },
+    )
+    .await;
+    let gw = std::sync::Arc::new(gw);
+    let together = |body: Value, n: usize| {
+        let sends = (0..n).map(|_| {
+            let (gw, body) = (gw.clone(), body.clone());
+            tokio::spawn(async move { send(&gw, KEY, &body, None).await })
+        });
+        futures_util::future::join_all(sends)
+    };
+
+    // Eight at once, the provider taking half a second: one goes, seven wait for its answer.
+    mock.set("m1", Behaviour::Slow(Duration::from_millis(500)));
+    let body =
+        json!({"model": "cached", "messages": [{"role": "user", "content": "All at once?"}]});
+    let answers: Vec<_> = together(body, 8)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    assert_eq!(mock.calls("m1").len(), 1);
+    let mut caches: Vec<_> = answers
+        .iter()
+        .map(|(s, c, _)| (*s, c.clone().unwrap_or_default()))
+        .collect();
+    caches.sort();
+    let mut expected = vec![(200, "hit".to_string()); 7];
+    expected.push((200, "miss".to_string()));
+    expected.sort();
+    assert_eq!(caches, expected);
+    assert!(
+        answers.iter().all(|(_, _, text)| *text == answers[0].2),
+        "{answers:?}"
+    );
+
+    // Streams are not held back: each goes.
+    let stream = json!({"model": "cached", "stream": true, "messages": [{"role": "user", "content": "Streams?"}]});
+    let streamed = together(stream, 3).await;
+    assert!(streamed.into_iter().all(|r| r.expect("task").0 == 200));
+    assert_eq!(mock.calls("m1").len(), 4);
+
+    // When the first fails (its provider never answers: a 1 s timeout), the others are let go
+    // then, not at the end of their own wait (the 4 attempts the first might have made), and
+    // each tries for itself.
+    mock.set("broken", Behaviour::Hang);
+    let body = json!({"model": "flaky", "messages": [{"role": "user", "content": "Anyone?"}]});
+    let waiting = tokio::spawn(together(body, 5));
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(mock.calls("broken").len(), 5);
+    for answer in waiting.await.expect("task") {
+        let (status, _, text) = answer.expect("task");
+        assert_eq!(status, 504, "{text}");
+        assert!(text.contains("upstream_timeout"), "{text}");
+    }
+}

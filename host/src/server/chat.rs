@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use super::auth::Caller;
 use super::error::ApiError;
 use crate::app::{App, Counters};
-use crate::cache::{Cache, Directive, Hit};
+use crate::cache::{Cache, Directive, Flight, Hit};
 use crate::proxy::{Failure, RequestScope, attempt};
 use crate::ratelimit::{Allowance, Refused};
 use crate::router::{Endpoint, Facts, plan, request_facts};
@@ -183,10 +183,30 @@ async fn handle(
     let cache = (cfg.cache_ttl_secs(&facts.model))
         .filter(|_| ask.cache != Directive::Bypass)
         .map(|ttl| (Cache::key(&caller.key_id, ask.endpoint, &body), ttl));
+    // Held until this request's answer is stored: identical ones that arrive meanwhile wait
+    // for it rather than each going to a provider.
+    let mut _leading = None;
     if let Some((key, _)) = &cache {
-        let hit = (ask.cache == Directive::Use)
+        let mut hit = (ask.cache == Directive::Use)
             .then(|| app.cache.get(key, started))
             .flatten();
+        if hit.is_none() && !facts.is_stream {
+            match app.cache.lead(key) {
+                Flight::Lead(leading) => _leading = Some(leading),
+                Flight::Follow(first) if ask.cache == Directive::Use => {
+                    // At most as long as the first could take to an answer, every attempt
+                    // timing out.
+                    let bound = cfg
+                        .system
+                        .first_byte_timeout
+                        .saturating_mul(cfg.system.max_attempts.min(u32::MAX as usize) as u32);
+                    Flight::finished(first, bound).await;
+                    hit = app.cache.get(key, now_ms());
+                }
+                // A fresh answer is asked for: this one goes too.
+                Flight::Follow(_) => {}
+            }
+        }
         if let Some(hit) = hit {
             Counters::bump(&app.counters.cache_hits);
             let group = cfg.groups.get(&facts.model).map(|g| g.name.clone());
