@@ -138,6 +138,19 @@ pub(crate) struct Attempt {
     pub hold: Hold,
 }
 
+/// The half-open probe slot an attempt holds: freed when the attempt ends, unless its outcome
+/// already closed or reopened the breaker (which frees it too).
+struct ProbeSlot<'a> {
+    stats: &'a ChannelStats,
+    claimed: u64,
+}
+
+impl Drop for ProbeSlot<'_> {
+    fn drop(&mut self) {
+        self.stats.release_probe(self.claimed);
+    }
+}
+
 /// Tries channel `idx` as attempt `number`.
 pub async fn attempt(
     scope: &Arc<RequestScope>,
@@ -165,13 +178,18 @@ pub async fn attempt(
             Some(until - now),
         ));
     }
-    if !stats.try_probe(now) {
+    let Some(claimed) = stats.claim(now) else {
         return Err(retry(
             "circuit_open",
             format!("channel `{}` is being probed after failures", channel.id),
             None,
         ));
-    }
+    };
+    // A probe that ends without a verdict on the channel gives its slot back.
+    let _probe = ProbeSlot {
+        stats: &stats,
+        claimed,
+    };
     let (day, weekday) = scope.cfg.clock.day(now);
     let moment = Moment {
         minute_of_day: day.minute_of_day(now),
@@ -369,9 +387,13 @@ pub async fn attempt(
         }
         Ok(Ok(out)) => {
             adapter.streak.success();
+            let usage = out.usage.or_else(|| {
+                let estimate = scope.facts.estimated_prompt_tokens;
+                Some(estimated_chat_usage(&out.body, estimate))
+            });
             let body = bytes::Bytes::from(out.body);
-            att.keep(&body, false, out.usage.as_ref());
-            att.succeed(out.usage, resp.status, None).await;
+            att.keep(&body, false, usage.as_ref());
+            att.succeed(usage, resp.status, None).await;
             drop(guard);
             let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
             att.tag(&mut response);
@@ -434,6 +456,28 @@ fn with_estimated_usage(mut out: ChatResponse, estimate: u32) -> ChatResponse {
         reasoning_tokens: 0,
     });
     out
+}
+
+/// A chat answer from a provider that reports no usage is billed on estimates, never as free:
+/// the prompt's, and a token per four bytes of the answer's text and tool calls. The client's
+/// body is left as the provider sent it.
+fn estimated_chat_usage(body: &str, prompt_estimate: u32) -> Usage {
+    let answer: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let mut bytes = 0usize;
+    let text = |v: &serde_json::Value| v.as_str().map_or(0, str::len);
+    for choice in answer["choices"].as_array().into_iter().flatten() {
+        let message = &choice["message"];
+        bytes += text(&message["content"]) + text(&message["reasoning_content"]);
+        for call in message["tool_calls"].as_array().into_iter().flatten() {
+            bytes += text(&call["function"]["name"]) + text(&call["function"]["arguments"]);
+        }
+    }
+    Usage {
+        prompt_tokens: prompt_estimate,
+        completion_tokens: bytes.div_ceil(4).clamp(1, u32::MAX as usize) as u32,
+        cached_tokens: 0,
+        reasoning_tokens: 0,
+    }
 }
 
 /// True when `text` is one JSON object (checked without building it).

@@ -204,17 +204,38 @@ impl ChannelStats {
 
     /// In half-open state, claims the single probe slot; always true when closed.
     pub fn try_probe(&self, now_ms: u64) -> bool {
+        self.claim(now_ms).is_some()
+    }
+
+    /// May a request be sent now: `Some(0)` when the breaker is closed, `Some(at)` when it
+    /// claims the half-open probe slot at `at`, `None` when the breaker is open or another
+    /// request is probing.
+    pub fn claim(&self, now_ms: u64) -> Option<u64> {
         let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
         if w.breaker_until == 0 {
-            return true;
+            return Some(0);
         }
         if now_ms < w.breaker_until
             || (w.probe_started != 0 && now_ms - w.probe_started < PROBE_TIMEOUT_MS)
         {
-            return false;
+            return None;
         }
-        w.probe_started = now_ms;
-        true
+        // Never 0, which means no probe.
+        w.probe_started = now_ms.max(1);
+        Some(w.probe_started)
+    }
+
+    /// Frees the probe slot claimed at `claimed_at` when its request ended saying nothing of the
+    /// channel's health (refused before sending, or answered with the client's fault or a
+    /// rate limit): the next request probes instead of waiting out `PROBE_TIMEOUT_MS`.
+    pub fn release_probe(&self, claimed_at: u64) {
+        if claimed_at == 0 {
+            return;
+        }
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        if w.probe_started == claimed_at {
+            w.probe_started = 0;
+        }
     }
 
     /// Lifts a cooldown (the channel's configuration changed).

@@ -56,6 +56,52 @@ async fn a_one_dollar_budget_is_never_overspent_under_concurrency() {
 }
 
 #[tokio::test]
+async fn a_client_leaving_before_its_answer_still_gets_a_usage_row_and_its_hold_settled() {
+    let (gw, mock) = setup().await;
+    mock.set(
+        "paid",
+        Behaviour::Slow(std::time::Duration::from_millis(800)),
+    );
+    // Two clients give up after 200 ms; the provider answers (and bills) at 800 ms.
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(200))
+        .build()
+        .expect("client");
+    for _ in 0..2 {
+        let gone = impatient
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .json(&ask("paid-only"))
+            .send()
+            .await;
+        assert!(gone.is_err_and(|e| e.is_timeout()));
+    }
+    let recorded = gw
+        .eventually(std::time::Duration::from_secs(5), || async {
+            gw.rows("SELECT 1 FROM usage").await.len() == 2
+        })
+        .await;
+    assert!(recorded, "each abandoned request has its row");
+    let costs: Vec<i64> = gw
+        .rows("SELECT cost_micros FROM usage")
+        .await
+        .iter()
+        .map(|r| r.get("cost_micros"))
+        .collect();
+    assert_eq!(costs, [180_000, 180_000], "billed as the provider answered");
+    assert_eq!(mock.calls("paid").len(), 2);
+    // Their holds were settled to what they cost: $0.64 of the $1 is left, enough for the next.
+    mock.set("paid", Behaviour::Ok);
+    let resp = gw.chat(ask("paid-only")).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+}
+
+#[tokio::test]
 async fn zero_cost_channels_are_never_blocked_by_a_budget() {
     let (gw, mock) = setup().await;
     let mut free = 0;

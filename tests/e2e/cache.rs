@@ -287,7 +287,18 @@ async fn identical_requests_arriving_together_reach_the_provider_once() {
     mock.set("broken", Behaviour::Hang);
     let body = json!({"model": "flaky", "messages": [{"role": "user", "content": "Anyone?"}]});
     let waiting = tokio::spawn(together(body, 5));
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        mock.calls("broken").len(),
+        1,
+        "the others wait for the first"
+    );
+    // Their own wait would end at 4 s: all five calls well before then show they were let go
+    // when the first failed.
+    let t0 = std::time::Instant::now();
+    while mock.calls("broken").len() < 5 && t0.elapsed() < Duration::from_millis(3_000) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(mock.calls("broken").len(), 5);
     for answer in waiting.await.expect("task") {
         let (status, _, text) = answer.expect("task");

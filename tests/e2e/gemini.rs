@@ -101,6 +101,32 @@ async fn request_and_response_match_the_golden_fixtures() {
 }
 
 #[tokio::test]
+async fn more_candidates_than_gemini_gives_move_on_without_reaching_it() {
+    let (gw, seen) = setup().await;
+    let ask = |n: u32| json!({"model": "gemini-test", "n": n, "messages": [{"role": "user", "content": "hi"}]});
+    let resp = gw.chat(ask(8)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        seen.lock().expect("lock")[0].2["generationConfig"]["candidateCount"],
+        8
+    );
+
+    // Gemini would refuse 9 with a 400: its adapter says `unsupported` instead, so the request
+    // would move on to another channel; with none left it is the client's 400, Gemini untouched.
+    let resp = gw.chat(ask(9)).await;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "unsupported_by_channels", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most 8 candidates")),
+        "{body}"
+    );
+    assert_eq!(seen.lock().expect("lock").len(), 1);
+}
+
+#[tokio::test]
 async fn the_stream_matches_the_golden_fixture() {
     let (gw, seen) = setup().await;
     let mut request: Value = serde_json::from_str(&fixture("request.openai.json")).expect("json");

@@ -180,3 +180,50 @@ async fn a_refused_key_parks_the_account_until_its_config_changes() {
         "Bearer sk-new-key-5678"
     );
 }
+
+#[tokio::test]
+async fn a_probe_that_says_nothing_of_the_channel_lets_the_next_request_probe() {
+    let mock = MockUpstream::start().await;
+    let down = Behaviour::Fail {
+        status: 500,
+        body: json!({"error": {"message": "down", "type": "server_error"}}),
+        headers: vec![],
+    };
+    mock.set("a", down);
+    let providers = format!(
+        "providers:\n  one:\n    adapter: openai\n    base_url: {0}\n    channels: [{{ model: a, priority: 1 }}]\n  two:\n    adapter: openai\n    base_url: {0}\n    channels: [{{ model: b, priority: 2 }}]\n",
+        mock.base_url()
+    );
+    let gw = Gateway::builder()
+        .providers(&providers)
+        .groups("model_groups:\n  g: {strategy: priority}\n")
+        .start()
+        .await;
+    for _ in 0..6 {
+        assert_eq!(route(&gw).await, "two/b");
+    }
+    assert_eq!(mock.calls("a").len(), 5, "the breaker is open");
+
+    // The probe after the open period is refused as too long for a's context: the client's
+    // request, not a's health. It fails over to b.
+    mock.set(
+        "a",
+        Behaviour::Fail {
+            status: 400,
+            body: json!({"error": {"message": "maximum context length exceeded", "type": "invalid_request_error", "code": "context_length_exceeded"}}),
+            headers: vec![],
+        },
+    );
+    let probed = gw
+        .eventually(Duration::from_secs(8), || async {
+            route(&gw).await;
+            mock.calls("a").len() == 6
+        })
+        .await;
+    assert!(probed, "a is probed once its breaker half-opens");
+
+    // So the next request probes a again, rather than finding the slot taken for a minute.
+    mock.set("a", Behaviour::Ok);
+    assert_eq!(route(&gw).await, "one/a");
+    assert_eq!(mock.calls("a").len(), 7);
+}

@@ -1,7 +1,7 @@
 //! Per-request usage in the database.
 
 use serde_json::json;
-use smart_router_tests::{Behaviour, Gateway, MockUpstream};
+use smart_router_tests::{Behaviour, Gateway, MockUpstream, behind_one_provider};
 use sqlx::Row;
 
 #[tokio::test]
@@ -77,6 +77,50 @@ async fn every_attempt_leaves_a_complete_usage_row() {
     assert_eq!(ok.get::<i64, _>("reasoning_tokens"), 2);
     // (11 × 1.5 + 7 × 2.0) / 1000 × 0.5 = 0.01525 $ = 15 250 micro-dollars
     assert_eq!(ok.get::<i64, _>("cost_micros"), 15_250);
+}
+
+#[tokio::test]
+async fn an_answer_without_usage_is_billed_on_estimates_not_as_free() {
+    let (gw, mock) = behind_one_provider(
+        "      - { model: m, input_cost_per_1k: 10.0, output_cost_per_1k: 10.0 }\n",
+        |b| b,
+    )
+    .await;
+    // An OpenAI-compatible server that leaves `usage` out: 400 bytes of answer.
+    let answer = "x".repeat(400);
+    let body = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]});
+    mock.set(
+        "m",
+        Behaviour::Raw {
+            status: 200,
+            content_type: "application/json",
+            body: body.to_string(),
+        },
+    );
+    let resp = gw
+        .chat(json!({"model": "m", "messages": [{"role": "user", "content": "y".repeat(100)}]}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let got: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(got["choices"][0]["message"]["content"], answer.as_str());
+    assert!(got.get("usage").is_none(), "the body is the provider's");
+
+    let rows = gw
+        .rows("SELECT prompt_tokens, completion_tokens, cost_micros, outcome FROM usage")
+        .await;
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row.get::<String, _>("outcome"), "success");
+    let prompt = row.get::<i64, _>("prompt_tokens");
+    assert!(prompt > 0, "the prompt estimate");
+    assert_eq!(
+        row.get::<i64, _>("completion_tokens"),
+        100,
+        "a token per 4 bytes"
+    );
+    // $10 per 1k tokens: 10 000 micro-dollars a token.
+    assert_eq!(row.get::<i64, _>("cost_micros"), (prompt + 100) * 10_000);
 }
 
 #[tokio::test]

@@ -117,6 +117,9 @@ fn generate_body(
     Ok(out)
 }
 
+/// The most candidates `generateContent` returns for one request.
+const MAX_CANDIDATES: u64 = 8;
+
 /// Sampling, length, stop, candidate count, JSON mode and seed.
 fn generation_config(
     req: &Map<String, Value>,
@@ -143,6 +146,14 @@ fn generation_config(
         out.insert("stopSequences".into(), stop.into());
     }
     if let Some(n) = req.get("n").and_then(Value::as_u64) {
+        // Gemini gives at most 8 candidates: a request for more moves on to a channel that can
+        // give them, and this channel's health is not touched.
+        if n > MAX_CANDIDATES {
+            return Err(ProviderError::new(
+                ErrorClass::Unsupported,
+                format!("Gemini returns at most {MAX_CANDIDATES} candidates, not `n: {n}`"),
+            ));
+        }
         out.insert("candidateCount".into(), n.into());
     }
     if let Some(seed) = req.get("seed").and_then(Value::as_i64) {

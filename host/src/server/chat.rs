@@ -17,6 +17,7 @@ use crate::cache::{Cache, Directive, Flight, Hit};
 use crate::proxy::{Failure, RequestScope, attempt};
 use crate::ratelimit::{Allowance, Refused};
 use crate::router::{Endpoint, Facts, plan, request_facts};
+use crate::server::spawn_tracked;
 use crate::stats::now_ms;
 use crate::store::UsageRecord;
 
@@ -118,13 +119,31 @@ async fn serve(
     ask: Ask,
 ) -> Response {
     Counters::bump(&app.counters.requests);
-    let request_id = new_request_id();
-    let ids = Ids {
-        request: &request_id,
-        client: client.as_deref(),
+    // In a task of its own: a client that leaves while a provider is answering drops this
+    // future, not the request's work, which ends as it would have (its usage rows written, its
+    // holds settled, its answer cached) and only the client's response is lost.
+    let (done, answer) = tokio::sync::oneshot::channel();
+    spawn_tracked(async move {
+        let request_id = new_request_id();
+        let ids = Ids {
+            request: &request_id,
+            client: client.as_deref(),
+        };
+        let mut allowances = [None; 2];
+        let result = handle(&app, caller, body, ids, ask, &mut allowances).await;
+        let _ = done.send((result, allowances, request_id, client));
+    });
+    let Ok((result, allowances, request_id, client)) = answer.await else {
+        // The task panicked: said in OpenAI's format rather than a dropped connection.
+        let e = ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            None,
+            "The gateway failed while handling this request.",
+        );
+        return e.into_response();
     };
-    let mut allowances = [None; 2];
-    let mut resp = match handle(&app, caller, body, ids, ask, &mut allowances).await {
+    let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             let mut resp = e.into_response();
@@ -192,7 +211,14 @@ async fn handle(
             .flatten();
         if hit.is_none() && !facts.is_stream {
             match app.cache.lead(key) {
-                Flight::Lead(leading) => _leading = Some(leading),
+                Flight::Lead(leading) => {
+                    _leading = Some(leading);
+                    // The one before may have stored its answer and let go between the
+                    // look-up above and this lead: a second look costs less than a call.
+                    if ask.cache == Directive::Use {
+                        hit = app.cache.get(key, now_ms());
+                    }
+                }
                 Flight::Follow(first) if ask.cache == Directive::Use => {
                     // At most as long as the first could take to an answer, every attempt
                     // timing out.
