@@ -47,26 +47,32 @@ async fn a_rate_limit_parks_every_channel_of_the_account_for_retry_after() {
     assert_eq!(route(&gw).await, "acct/x", "back after Retry-After");
 }
 
-#[tokio::test]
-async fn a_dead_channel_opens_its_breaker_and_returns_only_through_half_open() {
-    let mock = MockUpstream::start().await;
-    mock.set(
-        "a",
-        Behaviour::Fail {
-            status: 500,
-            body: json!({"error": {"message": "down", "type": "server_error"}}),
-            headers: vec![],
-        },
-    );
+/// A gateway over channel `a` (priority 1) and `b` (priority 2), each its own provider entry.
+async fn a_then_b(mock: &MockUpstream) -> Gateway {
     let providers = format!(
         "providers:\n  one:\n    adapter: openai\n    base_url: {0}\n    channels: [{{ model: a, priority: 1 }}]\n  two:\n    adapter: openai\n    base_url: {0}\n    channels: [{{ model: b, priority: 2 }}]\n",
         mock.base_url()
     );
-    let gw = Gateway::builder()
+    Gateway::builder()
         .providers(&providers)
         .groups("model_groups:\n  g: {strategy: priority}\n")
         .start()
-        .await;
+        .await
+}
+
+fn down() -> Behaviour {
+    Behaviour::Fail {
+        status: 500,
+        body: json!({"error": {"message": "down", "type": "server_error"}}),
+        headers: vec![],
+    }
+}
+
+#[tokio::test]
+async fn a_dead_channel_opens_its_breaker_and_returns_only_through_half_open() {
+    let mock = MockUpstream::start().await;
+    mock.set("a", down());
+    let gw = a_then_b(&mock).await;
     for _ in 0..10 {
         assert_eq!(route(&gw).await, "two/b");
     }
@@ -184,21 +190,8 @@ async fn a_refused_key_parks_the_account_until_its_config_changes() {
 #[tokio::test]
 async fn a_probe_that_says_nothing_of_the_channel_lets_the_next_request_probe() {
     let mock = MockUpstream::start().await;
-    let down = Behaviour::Fail {
-        status: 500,
-        body: json!({"error": {"message": "down", "type": "server_error"}}),
-        headers: vec![],
-    };
-    mock.set("a", down);
-    let providers = format!(
-        "providers:\n  one:\n    adapter: openai\n    base_url: {0}\n    channels: [{{ model: a, priority: 1 }}]\n  two:\n    adapter: openai\n    base_url: {0}\n    channels: [{{ model: b, priority: 2 }}]\n",
-        mock.base_url()
-    );
-    let gw = Gateway::builder()
-        .providers(&providers)
-        .groups("model_groups:\n  g: {strategy: priority}\n")
-        .start()
-        .await;
+    mock.set("a", down());
+    let gw = a_then_b(&mock).await;
     for _ in 0..6 {
         assert_eq!(route(&gw).await, "two/b");
     }
