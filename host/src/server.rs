@@ -10,7 +10,8 @@ mod keys;
 mod listen;
 
 pub use listen::{
-    Connections, Cutoff, connections, current_worker, cutoff, default_workers, serve, spawn_tracked,
+    CarryOn, Connections, Cutoff, connections, current_worker, cutoff, default_workers, serve,
+    spawn_tracked,
 };
 
 use std::sync::Arc;

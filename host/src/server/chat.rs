@@ -17,7 +17,7 @@ use crate::cache::{Cache, Directive, Flight, Hit};
 use crate::proxy::{Failure, RequestScope, attempt};
 use crate::ratelimit::{Allowance, Refused};
 use crate::router::{Endpoint, Facts, plan, request_facts};
-use crate::server::spawn_tracked;
+use crate::server::CarryOn;
 use crate::stats::now_ms;
 use crate::store::UsageRecord;
 
@@ -119,11 +119,9 @@ async fn serve(
     ask: Ask,
 ) -> Response {
     Counters::bump(&app.counters.requests);
-    // In a task of its own: a client that leaves while a provider is answering drops this
-    // future, not the request's work, which ends as it would have (its usage rows written, its
-    // holds settled, its answer cached) and only the client's response is lost.
-    let (done, answer) = tokio::sync::oneshot::channel();
-    spawn_tracked(async move {
+    // A client that leaves while a provider is answering drops this future, not the request's
+    // work: that ends as it would have (recorded, settled, cached); only the response is lost.
+    let work = CarryOn::new(async move {
         let request_id = new_request_id();
         let ids = Ids {
             request: &request_id,
@@ -131,18 +129,9 @@ async fn serve(
         };
         let mut allowances = [None; 2];
         let result = handle(&app, caller, body, ids, ask, &mut allowances).await;
-        let _ = done.send((result, allowances, request_id, client));
+        (result, allowances, request_id, client)
     });
-    let Ok((result, allowances, request_id, client)) = answer.await else {
-        // The task panicked: said in OpenAI's format rather than a dropped connection.
-        let e = ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            None,
-            "The gateway failed while handling this request.",
-        );
-        return e.into_response();
-    };
+    let (result, allowances, request_id, client) = work.await;
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {

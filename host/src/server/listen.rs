@@ -156,6 +156,58 @@ pub fn spawn_tracked(task: impl std::future::Future<Output = ()> + Send + 'stati
     });
 }
 
+/// A request's work, run inline in its connection's task; if hyper drops it unfinished (the
+/// client left), the rest goes on in a tracked task of its own, so the request still ends as it
+/// would have: its usage rows written, its holds settled. Only the response is lost. The normal
+/// path costs one allocation, and no hop between tasks on the way to the first byte.
+pub struct CarryOn<F>(Option<std::pin::Pin<Box<F>>>)
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send;
+
+impl<F> CarryOn<F>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send,
+{
+    pub fn new(work: F) -> Self {
+        Self(Some(Box::pin(work)))
+    }
+}
+
+impl<F> std::future::Future for CarryOn<F>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send,
+{
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let work = self.0.as_mut().expect("CarryOn polled after it completed");
+        let out = std::task::ready!(work.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(out)
+    }
+}
+
+impl<F> Drop for CarryOn<F>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send,
+{
+    fn drop(&mut self) {
+        // Outside a runtime (one shutting down), there is nowhere to carry it on.
+        if let (Some(work), Ok(_)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            spawn_tracked(async move {
+                work.await;
+            });
+        }
+    }
+}
+
 /// Serves `router` on `listener` with one serving thread per entry of `connections` until
 /// `stop` resolves with the grace period, then drains: returns once every in-flight request and
 /// stream has finished, or been cut off when the grace period ran out or `sooner` resolved.
