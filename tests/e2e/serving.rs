@@ -144,6 +144,43 @@ async fn a_client_leaving_a_silent_stream_is_recorded_at_once_and_shutdown_compl
         .expect("shutdown completes");
 }
 
+#[tokio::test]
+async fn a_client_leaving_before_its_stream_begins_still_leaves_a_row() {
+    let mock = MockUpstream::start().await;
+    mock.set(
+        "m",
+        smart_router_tests::Behaviour::Slow(Duration::from_millis(800)),
+    );
+    let gw = Gateway::builder()
+        .providers(&one_channel(&mock))
+        .start()
+        .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .expect("client");
+    let gone = impatient
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(smart_router_tests::gateway::KEY)
+        .json(
+            &json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await;
+    assert!(gone.is_err_and(|e| e.is_timeout()));
+    // The request goes on without its client: the provider's stream starts at 800 ms, finds no
+    // one to send to, and the attempt is recorded as the client's leaving.
+    let recorded = gw
+        .eventually(Duration::from_secs(5), || async {
+            !gw.rows("SELECT 1 FROM usage WHERE outcome = 'client_closed'")
+                .await
+                .is_empty()
+        })
+        .await;
+    assert!(recorded);
+    assert_eq!(mock.calls("m").len(), 1);
+}
+
 /// A streamed request to `m`, whose upstream stalls after two chunks, read up to all the upstream
 /// sent ("reply from "): the gateway is left waiting on a silent upstream.
 async fn silent_stream(gw: &Gateway) -> reqwest::Response {
