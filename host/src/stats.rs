@@ -202,11 +202,6 @@ impl ChannelStats {
         }
     }
 
-    /// In half-open state, claims the single probe slot; always true when closed.
-    pub fn try_probe(&self, now_ms: u64) -> bool {
-        self.claim(now_ms).is_some()
-    }
-
     /// May a request be sent now: `Some(0)` when the breaker is closed, `Some(at)` when it
     /// claims the half-open probe slot at `at`, `None` when the breaker is open or another
     /// request is probing.
@@ -398,11 +393,20 @@ mod tests {
         );
         s.record_failure(t, true);
         assert_eq!(s.breaker(t), Breaker::Open(t + BREAKER_OPEN_MS));
-        assert!(!s.try_probe(t + 1));
+        assert_eq!(s.claim(t + 1), None);
         let later = t + BREAKER_OPEN_MS;
         assert_eq!(s.breaker(later), Breaker::HalfOpen);
-        assert!(s.try_probe(later), "one probe");
-        assert!(!s.try_probe(later), "only one at a time");
+        assert_eq!(s.claim(later), Some(later), "one probe");
+        assert_eq!(s.claim(later), None, "only one at a time");
+        // A probe that ends with no verdict hands the slot on; a stale claim frees nothing.
+        s.release_probe(later - 1);
+        assert_eq!(s.claim(later + 1), None);
+        s.release_probe(later);
+        assert_eq!(
+            s.claim(later + 1),
+            Some(later + 1),
+            "the next request probes"
+        );
         s.record_failure(later, true);
         assert_eq!(
             s.breaker(later),
@@ -410,7 +414,7 @@ mod tests {
             "a failed probe reopens for longer"
         );
         let again = later + 2 * BREAKER_OPEN_MS;
-        assert!(s.try_probe(again));
+        assert_eq!(s.claim(again), Some(again));
         s.record_success(10.0, None, 0);
         assert_eq!(s.breaker(again), Breaker::Closed);
         assert_eq!(

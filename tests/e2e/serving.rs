@@ -115,13 +115,7 @@ async fn a_client_leaving_a_silent_stream_is_recorded_at_once_and_shutdown_compl
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The upstream is now silent for good; the client leaves.
     drop(resp);
-    let recorded = gw
-        .eventually(Duration::from_secs(5), || async {
-            !gw.rows("SELECT 1 FROM usage WHERE outcome = 'client_closed'")
-                .await
-                .is_empty()
-        })
-        .await;
+    let recorded = client_closed_recorded(&gw).await;
     assert!(
         recorded,
         "the stream's usage row is written when the client leaves, not when the upstream next speaks"
@@ -155,30 +149,24 @@ async fn a_client_leaving_before_its_stream_begins_still_leaves_a_row() {
         .providers(&one_channel(&mock))
         .start()
         .await;
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(200))
-        .build()
-        .expect("client");
-    let gone = impatient
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(smart_router_tests::gateway::KEY)
-        .json(
-            &json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .send()
-        .await;
-    assert!(gone.is_err_and(|e| e.is_timeout()));
+    let stream =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    gw.chat_abandoned(stream, Duration::from_millis(200)).await;
     // The request goes on without its client: the provider's stream starts at 800 ms, finds no
     // one to send to, and the attempt is recorded as the client's leaving.
-    let recorded = gw
-        .eventually(Duration::from_secs(5), || async {
-            !gw.rows("SELECT 1 FROM usage WHERE outcome = 'client_closed'")
-                .await
-                .is_empty()
-        })
-        .await;
+    let recorded = client_closed_recorded(&gw).await;
     assert!(recorded);
     assert_eq!(mock.calls("m").len(), 1);
+}
+
+/// Whether a `client_closed` usage row appears within 5 s.
+async fn client_closed_recorded(gw: &Gateway) -> bool {
+    gw.eventually(Duration::from_secs(5), || async {
+        !gw.rows("SELECT 1 FROM usage WHERE outcome = 'client_closed'")
+            .await
+            .is_empty()
+    })
+    .await
 }
 
 /// A streamed request to `m`, whose upstream stalls after two chunks, read up to all the upstream

@@ -208,6 +208,23 @@ impl Gateway {
             .expect("request")
     }
 
+    /// `POST /v1/chat/completions` with the master key from a client that hangs up after
+    /// `patience`, before any answer: fails the test if one comes sooner.
+    pub async fn chat_abandoned(&self, body: Value, patience: std::time::Duration) {
+        let sent = self
+            .client
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .timeout(patience)
+            .json(&body)
+            .send()
+            .await;
+        assert!(
+            sent.is_err_and(|e| e.is_timeout()),
+            "answered within {patience:?}"
+        );
+    }
+
     /// `POST /v1/embeddings` with the master key.
     pub async fn embeddings(&self, body: Value) -> reqwest::Response {
         self.post("/v1/embeddings", body).await
