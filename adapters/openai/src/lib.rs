@@ -14,6 +14,7 @@ mod errors;
 use smart_router_sdk::json::value::RawValue;
 use smart_router_sdk::json::{Map, Value};
 use smart_router_sdk::raw::{Members, tree};
+use smart_router_sdk::serde::de::{self, IgnoredAny};
 use smart_router_sdk::{
     Adapter, Auth, ChatResponse, ErrorClass, HttpRequest, ProviderError, RequestContext, SseEvent,
     StreamOutput, StreamTranslator, Usage, export_adapter,
@@ -201,29 +202,93 @@ fn with_model(body: &str, model: &str, stream_usage: bool) -> Result<Vec<u8>, Pr
     Ok(out)
 }
 
-/// True when a stream chunk needs nothing read from it: no error, and no usage or finish reason
-/// other than `null` (OpenAI sends `"usage": null` in every chunk of a stream that asked for
-/// usage). Keys are found as their quoted text, which cannot occur inside a JSON string (a quote
-/// there is always escaped), so a chunk that says "usage" in its text still passes; a key in a
-/// nested object only costs the full parse. A key written with escapes (`"\u0075sage"`) would
-/// pass unread; no provider writes its keys so.
+/// True when a stream chunk is a JSON object that needs nothing read from it: no error, and no
+/// usage or finish reason other than `null` (OpenAI sends `"usage": null` in every chunk of a
+/// stream that asked for usage). One pass checks the whole chunk and looks at only those
+/// members; anything unexpected (a key written with escapes, a `choices` that is not a list of
+/// objects, text that is not JSON) is left to the full parse, which says what is wrong.
 fn plain_chunk(data: &str) -> bool {
-    if data.contains("\"error\"") || data.contains("\"x_groq\"") {
-        return false;
-    }
-    ["\"finish_reason\"", "\"usage\""].iter().all(|key| {
-        let mut rest = data;
-        while let Some(at) = rest.find(key) {
-            let Some(value) = rest[at + key.len()..].trim_start().strip_prefix(':') else {
-                return false;
-            };
-            rest = value.trim_start();
-            if !rest.starts_with("null") {
-                return false;
+    smart_router_sdk::json::from_str::<Plain>(data).is_ok_and(|p| p.0)
+}
+
+/// [`plain_chunk`]'s verdict on one chunk.
+struct Plain(bool);
+
+impl<'de> de::Deserialize<'de> for Plain {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Chunk;
+        impl<'de> de::Visitor<'de> for Chunk {
+            type Value = Plain;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a stream chunk")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Plain, A::Error> {
+                let mut plain = true;
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    plain &= match key {
+                        "error" | "x_groq" => map.next_value::<IgnoredAny>().map(|_| false)?,
+                        "usage" => map.next_value::<Option<IgnoredAny>>()?.is_none(),
+                        "object" => map
+                            .next_value::<&'de RawValue>()
+                            .map(|v| v.get() != "\"error\"")?,
+                        "choices" => map.next_value::<Choices>()?.0,
+                        _ => map.next_value::<IgnoredAny>().map(|_| true)?,
+                    };
+                }
+                Ok(Plain(plain))
             }
         }
-        true
-    })
+        d.deserialize_map(Chunk)
+    }
+}
+
+/// A chunk's `choices`: plain when no choice has a finish reason.
+struct Choices(bool);
+
+impl<'de> de::Deserialize<'de> for Choices {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct List;
+        impl<'de> de::Visitor<'de> for List {
+            type Value = Choices;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of choices")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Choices, A::Error> {
+                let mut plain = true;
+                while let Some(choice) = seq.next_element::<Choice>()? {
+                    plain &= choice.0;
+                }
+                Ok(Choices(plain))
+            }
+        }
+        d.deserialize_seq(List)
+    }
+}
+
+/// One choice of a chunk: plain when its `finish_reason` is absent or `null`.
+struct Choice(bool);
+
+impl<'de> de::Deserialize<'de> for Choice {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> de::Visitor<'de> for Fields {
+            type Value = Choice;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a choice")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Choice, A::Error> {
+                let mut plain = true;
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    plain &= match key {
+                        "finish_reason" => map.next_value::<Option<IgnoredAny>>()?.is_none(),
+                        _ => map.next_value::<IgnoredAny>().map(|_| true)?,
+                    };
+                }
+                Ok(Choice(plain))
+            }
+        }
+        d.deserialize_map(Fields)
+    }
 }
 
 /// Stream translation: chunks pass through; usage is captured; errors inside the stream surface.
@@ -262,15 +327,11 @@ impl StreamTranslator for OpenAiStream {
         };
         if event.event != "error" && plain_chunk(data) {
             // Most of a stream: checked to be JSON without building it, passed on as it came.
-            smart_router_sdk::json::from_str::<smart_router_sdk::serde::de::IgnoredAny>(data)
-                .map_err(invalid)?;
-            if data.starts_with('{') {
-                return Ok(StreamOutput {
-                    chunks: vec![data.to_string()],
-                    usage: None,
-                    done: false,
-                });
-            }
+            return Ok(StreamOutput {
+                chunks: vec![data.to_string()],
+                usage: None,
+                done: false,
+            });
         }
         let chunk: Value = smart_router_sdk::json::from_str(data).map_err(invalid)?;
         if chunk.get("error").is_some()
@@ -348,6 +409,13 @@ mod tests {
             r#"{"error":{"message":"overloaded"}}"#,
             r#"{"object":"error","message":"boom"}"#,
             r#"{"choices":["finish_reason"]}"#,
+            r#"{"choices":null}"#,
+            r#"{"\u0075sage":{"prompt_tokens":3}}"#,
+            // Not JSON objects: the full parse says what is wrong.
+            r#"[{"choices":[]}]"#,
+            r#"{"choices":[]} trailing"#,
+            r#"{"choices":[{"delta":{"content":"cut"#,
+            "",
         ] {
             assert!(!plain_chunk(needs_reading), "{needs_reading}");
         }
