@@ -10,7 +10,14 @@ pub struct Event {
 /// Parses an SSE byte stream fed in arbitrary pieces. Comments (`: keep-alive`) are skipped.
 #[derive(Default)]
 pub struct Parser {
+    /// The start of a line whose end has not arrived yet.
     buf: Vec<u8>,
+    fields: Fields,
+}
+
+/// The event being read.
+#[derive(Default)]
+struct Fields {
     event: String,
     data: String,
     has_data: bool,
@@ -22,21 +29,17 @@ pub const MAX_LINE: usize = 8 << 20;
 impl Parser {
     /// Feeds bytes; returns the events completed by them.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Event>, String> {
-        self.buf.extend_from_slice(bytes);
         let mut events = Vec::new();
-        let mut start = 0;
-        while let Some(pos) = self.buf[start..].iter().position(|b| *b == b'\n') {
-            let end = start + pos;
-            let line_end = if end > start && self.buf[end - 1] == b'\r' {
-                end - 1
-            } else {
-                end
-            };
-            let line = String::from_utf8_lossy(&self.buf[start..line_end]).into_owned();
-            start = end + 1;
-            self.line(&line, &mut events);
+        if self.buf.is_empty() {
+            // Most pieces end at an event's end: their lines are read where they lie.
+            let rest = self.fields.lines(bytes, &mut events);
+            self.buf.extend_from_slice(rest);
+        } else {
+            self.buf.extend_from_slice(bytes);
+            let rest = self.fields.lines(&self.buf, &mut events).len();
+            let read = self.buf.len() - rest;
+            self.buf.drain(..read);
         }
-        self.buf.drain(..start);
         if self.buf.len() > MAX_LINE {
             return Err(format!("an event line is longer than {MAX_LINE} bytes"));
         }
@@ -46,11 +49,39 @@ impl Parser {
     /// The stream ended: a last event without its blank line still counts.
     pub fn finish(&mut self) -> Option<Event> {
         if !self.buf.is_empty() {
-            let line = String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned();
+            let buf = std::mem::take(&mut self.buf);
             let mut events = Vec::new();
-            self.line(line.trim_end_matches('\r'), &mut events);
+            self.fields
+                .line(utf8(&buf).trim_end_matches('\r'), &mut events);
         }
-        self.take()
+        self.fields.take()
+    }
+}
+
+/// A line's text; bytes that are not UTF-8 become U+FFFD.
+fn utf8(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    // `from_utf8` checks ASCII a word at a time; the lossy reading goes byte by byte.
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.into(),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+impl Fields {
+    /// Reads the complete lines in `bytes`; returns what follows the last line end.
+    fn lines<'a>(&mut self, bytes: &'a [u8], events: &mut Vec<Event>) -> &'a [u8] {
+        let mut start = 0;
+        while let Some(pos) = bytes[start..].iter().position(|b| *b == b'\n') {
+            let end = start + pos;
+            let line_end = if end > start && bytes[end - 1] == b'\r' {
+                end - 1
+            } else {
+                end
+            };
+            self.line(&utf8(&bytes[start..line_end]), events);
+            start = end + 1;
+        }
+        &bytes[start..]
     }
 
     fn line(&mut self, line: &str, events: &mut Vec<Event>) {
