@@ -176,6 +176,28 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         "Time a successful request spent in the gateway itself: total minus waiting on upstreams.",
         &mut out,
     );
+    out.push_str("# HELP smart_router_component_instances_total Component instances created since the component was loaded. Idle ones are reused: under a steady load this stays flat.\n# TYPE smart_router_component_instances_total counter\n");
+    {
+        let comps = app.components.load();
+        let mut created: Vec<(&str, &String, u64)> = comps
+            .strategies
+            .iter()
+            .map(|(n, c)| ("strategy", n, c.instances_created()))
+            .chain(
+                comps
+                    .adapters
+                    .iter()
+                    .map(|(n, c)| ("adapter", n, c.instances_created())),
+            )
+            .collect();
+        created.sort();
+        for (kind, name, n) in created {
+            out.push_str(&format!(
+                "smart_router_component_instances_total{{kind=\"{kind}\",component=\"{}\"}} {n}\n",
+                label(name)
+            ));
+        }
+    }
     let (entries, bytes) = app.cache.usage();
     sample(
         &mut out,

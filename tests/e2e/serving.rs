@@ -302,3 +302,49 @@ async fn a_shutdown_cuts_off_a_silent_stream_telling_the_client_and_recording_it
     assert_eq!(rows[0].get::<i64, _>("is_stream"), 1);
     assert!(rows[0].get::<Option<i64>, _>("ttft_ms").is_some());
 }
+
+/// `smart_router_component_instances_total` of the `openai` adapter, from `/metrics`.
+async fn openai_instances(gw: &Gateway) -> u64 {
+    gw.get_text("/metrics")
+        .await
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "smart_router_component_instances_total{kind=\"adapter\",component=\"openai\"} ",
+            )
+        })
+        .and_then(|n| n.parse().ok())
+        .expect("the openai adapter's instance count")
+}
+
+/// A stream holds an adapter instance until it ends, so as many are in use as streams run. Once
+/// 40 concurrent streams have ended, their instances wait idle, and the next 40 streams create
+/// none (with room for only 16 idle ones, the second wave created 24 more).
+#[tokio::test]
+async fn concurrent_streams_reuse_the_instances_of_the_streams_before_them() {
+    let mock = MockUpstream::start().await;
+    mock.set("m", smart_router_tests::Behaviour::StallAfter(2));
+    let gw = Gateway::builder()
+        .providers(&one_channel(&mock))
+        .start()
+        .await;
+    let mut created = vec![openai_instances(&gw).await];
+    for wave in 1..=2 {
+        // 40 streams open at once, each holding its instance while its upstream stalls.
+        let streams = futures_util::future::join_all((0..40).map(|_| silent_stream(&gw))).await;
+        drop(streams);
+        // Each stream ends when it notices its client left, and leaves a row.
+        let ended = gw
+            .eventually(Duration::from_secs(10), || async {
+                gw.rows("SELECT 1 FROM usage WHERE outcome = 'client_closed'")
+                    .await
+                    .len()
+                    == 40 * wave
+            })
+            .await;
+        assert!(ended, "wave {wave}: 40 client_closed rows");
+        created.push(openai_instances(&gw).await);
+    }
+    assert!(created[1] - created[0] >= 40, "{created:?}");
+    assert_eq!(created[2], created[1], "{created:?}");
+}

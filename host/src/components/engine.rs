@@ -1,7 +1,7 @@
 //! The engine, the per-call store and the host functions components import.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -120,6 +120,9 @@ pub(super) trait Instantiated {
 pub(super) struct IdlePool<T> {
     items: std::sync::Mutex<Vec<T>>,
     max: usize,
+    /// Instances created for this component: flat under a steady load when the pool is large
+    /// enough (`/metrics` shows it).
+    created: AtomicU64,
 }
 
 impl<T: Instantiated> IdlePool<T> {
@@ -127,11 +130,21 @@ impl<T: Instantiated> IdlePool<T> {
         IdlePool {
             items: std::sync::Mutex::new(Vec::new()),
             max,
+            created: AtomicU64::new(0),
         }
     }
 
     pub fn take(&self) -> Option<T> {
         self.items.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Counts an instance created because none was idle.
+    pub fn note_created(&self) {
+        self.created.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn created(&self) -> u64 {
+        self.created.load(Ordering::Relaxed)
     }
 
     /// Keeps an instance that finished without trapping for reuse, unless its memory has grown

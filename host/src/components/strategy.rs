@@ -73,6 +73,11 @@ impl StrategyComponent {
         self.uses_wasi
     }
 
+    /// Instances created since the component was loaded.
+    pub fn instances_created(&self) -> u64 {
+        self.idle.created()
+    }
+
     /// Like [`Self::rank_unchecked`], keeping the failure streak.
     pub fn rank(
         &self,
@@ -107,6 +112,7 @@ impl StrategyComponent {
                 w
             }
             None => {
+                self.idle.note_created();
                 let mut store = rt.store(&self.name);
                 let instance = match &self.pre {
                     Pre::Current(pre) => pre.instantiate(&mut store).map(Instance::Current),

@@ -435,23 +435,31 @@ async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, gu
         }
     };
     let used = pump.used();
+    let Pump {
+        att, session, kept, ..
+    } = pump;
+    if outcome.is_ok() {
+        session.component().streak.success();
+    }
+    // The instance goes back to the idle list before the row is written: the next stream may
+    // take it.
+    drop(session);
     match outcome {
         Ok(()) => {
-            pump.session.component().streak.success();
-            if let Some(kept) = pump.kept.take() {
-                pump.att.keep(&kept, true, used.as_ref());
+            if let Some(kept) = kept {
+                att.keep(&kept, true, used.as_ref());
             }
-            pump.att.succeed(used, status, Some(ttft)).await
+            att.succeed(used, status, Some(ttft)).await
         }
         Err((SHUTDOWN, _)) => {
             // Without waiting on a client that is not reading: the row matters more.
             let err = ApiError::shutting_down();
             let _ = tx.try_send(Bytes::from(format!("data: {}\n\n", err.body())));
             // The stream is the client's already: its answer is the event above.
-            let _ = pump.att.cut_off(status, used.as_ref(), Some(ttft)).await;
+            let _ = att.cut_off(status, used.as_ref(), Some(ttft)).await;
         }
         Err(("client_closed", msg)) => {
-            let mut rec = pump.att.record(
+            let mut rec = att.record(
                 status,
                 "client_closed",
                 None,
@@ -460,13 +468,9 @@ async fn run(mut pump: Pump, tx: mpsc::Sender<Bytes>, status: u16, ttft: u64, gu
                 Some(ttft),
             );
             rec.outcome = "client_closed";
-            pump.att.scope.app.usage.record(rec).await;
+            att.scope.app.usage.record(rec).await;
         }
-        Err((class, msg)) => {
-            pump.att
-                .fail(class, &msg, status, used.as_ref(), None)
-                .await
-        }
+        Err((class, msg)) => att.fail(class, &msg, status, used.as_ref(), None).await,
     }
     drop(guard);
     drop(tx);
