@@ -228,9 +228,10 @@ impl<'de> de::Deserialize<'de> for Plain {
                     plain &= match key {
                         "error" | "x_groq" => map.next_value::<IgnoredAny>().map(|_| false)?,
                         "usage" => map.next_value::<Option<IgnoredAny>>()?.is_none(),
+                        // `"error"`, however it is written, goes to the full parse.
                         "object" => map
                             .next_value::<&'de RawValue>()
-                            .map(|v| v.get() != "\"error\"")?,
+                            .map(|v| v.get() != "\"error\"" && !v.get().contains('\\'))?,
                         "choices" => map.next_value::<Choices>()?.0,
                         _ => map.next_value::<IgnoredAny>().map(|_| true)?,
                     };
@@ -411,6 +412,7 @@ mod tests {
             r#"{"choices":["finish_reason"]}"#,
             r#"{"choices":null}"#,
             r#"{"\u0075sage":{"prompt_tokens":3}}"#,
+            r#"{"object":"\u0065rror","message":"boom"}"#,
             // Not JSON objects: the full parse says what is wrong.
             r#"[{"choices":[]}]"#,
             r#"{"choices":[]} trailing"#,

@@ -78,7 +78,8 @@ impl Instantiated for Warm {
 /// stream holds one until it ends, so as many are in use as streams are running. With room for
 /// only 16, 64 concurrent streams dropped and re-created an instance on about half of their
 /// requests (each drop an `madvise` and a TLB shoot-down on every core, each new one an
-/// `mprotect` and page faults).
+/// `mprotect` and page faults). A component built with WASI (a Python or JavaScript runtime,
+/// a dozen core instances each, out of the engine's 4096) keeps [`super::engine::KEEP_IDLE`].
 pub(super) const MAX_IDLE: usize = 64;
 
 impl AdapterComponent {
@@ -100,13 +101,13 @@ impl AdapterComponent {
         if let Some(w) = self.idle.take() {
             return Ok(w);
         }
-        self.idle.note_created();
         let mut store = rt.store(&self.name);
         let instance = super::engine::enter(self.uses_wasi, || match &self.pre {
             Pre::Current(pre) => pre.instantiate(&mut store).map(Instance::Current),
             Pre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
         })
         .map_err(|e| CallError::trap(&self.name, e))?;
+        self.idle.note_created();
         Ok(Warm { store, instance })
     }
 

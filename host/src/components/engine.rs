@@ -116,14 +116,22 @@ pub(super) trait Instantiated {
     fn store(&self) -> &Store<CallState>;
 }
 
-/// Idle instances of one component, kept for reuse, at most `max`.
+/// Idle instances of one component, kept for reuse, at most `max`. Past [`KEEP_IDLE`], the ones
+/// left unused for [`IDLE_FOR`] are dropped as others come back, so a burst of concurrent streams
+/// does not hold its instances' memory for good.
 pub(super) struct IdlePool<T> {
-    items: std::sync::Mutex<Vec<T>>,
+    /// Most recently returned last, with when.
+    items: std::sync::Mutex<Vec<(T, std::time::Instant)>>,
     max: usize,
     /// Instances created for this component: flat under a steady load when the pool is large
     /// enough (`/metrics` shows it).
     created: AtomicU64,
 }
+
+/// Idle instances every component may keep however long they wait.
+pub(super) const KEEP_IDLE: usize = 16;
+/// How long an idle instance past [`KEEP_IDLE`] is kept unused.
+const IDLE_FOR: Duration = Duration::from_secs(30);
 
 impl<T: Instantiated> IdlePool<T> {
     pub fn new(max: usize) -> Self {
@@ -135,7 +143,11 @@ impl<T: Instantiated> IdlePool<T> {
     }
 
     pub fn take(&self) -> Option<T> {
-        self.items.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        self.items
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .map(|(item, _)| item)
     }
 
     /// Counts an instance created because none was idle.
@@ -153,10 +165,25 @@ impl<T: Instantiated> IdlePool<T> {
         if rt.worn(item.store()) {
             return;
         }
-        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
-        if items.len() < self.max {
-            items.push(item);
+        let now = std::time::Instant::now();
+        let mut stale = Vec::new();
+        {
+            let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            if items.len() < self.max {
+                items.push((item, now));
+            } else {
+                stale.push((item, now));
+            }
+            // The least recently used are first.
+            let old = items
+                .iter()
+                .take(items.len().saturating_sub(KEEP_IDLE))
+                .take_while(|(_, at)| now.duration_since(*at) > IDLE_FOR)
+                .count();
+            stale.extend(items.drain(..old));
         }
+        // Dropped outside the lock: freeing an instance's memory is a system call.
+        drop(stale);
     }
 }
 

@@ -217,7 +217,11 @@ pub fn load_bytes(rt: &Runtime, kind: Kind, name: &str, bytes: &[u8]) -> Result<
                 uses_wasi,
                 digest,
                 streak: Default::default(),
-                idle: IdlePool::new(super::adapter::MAX_IDLE),
+                idle: IdlePool::new(if uses_wasi {
+                    super::engine::KEEP_IDLE
+                } else {
+                    super::adapter::MAX_IDLE
+                }),
             })))
         }
     }

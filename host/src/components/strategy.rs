@@ -112,13 +112,13 @@ impl StrategyComponent {
                 w
             }
             None => {
-                self.idle.note_created();
                 let mut store = rt.store(&self.name);
                 let instance = match &self.pre {
                     Pre::Current(pre) => pre.instantiate(&mut store).map(Instance::Current),
                     Pre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
                 }
                 .map_err(|e| CallError::trap(&self.name, e))?;
+                self.idle.note_created();
                 Warm { store, instance }
             }
         };

@@ -53,6 +53,10 @@ impl Parser {
             let mut events = Vec::new();
             self.fields
                 .line(utf8(&buf).trim_end_matches('\r'), &mut events);
+            // A lone `\r` after the last line ends the event as a blank line would.
+            if let Some(e) = events.pop() {
+                return Some(e);
+            }
         }
         self.fields.take()
     }
@@ -207,6 +211,19 @@ mod tests {
                 "split at {split}"
             );
         }
+    }
+
+    #[test]
+    fn an_event_ended_by_a_lone_carriage_return_is_kept() {
+        let mut p = Parser::default();
+        assert!(p.feed(b"data: x\r\n\r").expect("ok").is_empty());
+        assert_eq!(
+            p.finish(),
+            Some(Event {
+                event: String::new(),
+                data: "x".into()
+            })
+        );
     }
 
     #[test]
