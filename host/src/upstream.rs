@@ -1,6 +1,7 @@
 //! Sending an adapter's request upstream: the host owns the base URL and injects the secret.
 
 pub mod mock;
+mod plain;
 pub mod sse;
 
 use std::pin::Pin;
@@ -42,12 +43,15 @@ pub struct UpstreamResponse {
 }
 
 /// HTTP clients (connection pooling, keep-alive): one per serving thread, so a request and the
-/// connection it uses live on the same thread, and one shared by every other thread.
+/// connection it uses live on the same thread, and one shared by every other thread. reqwest
+/// for HTTPS; plain-HTTP upstreams over hyper-util's pool directly (see `plain`).
 #[derive(Clone)]
 pub struct Upstream {
     connect_timeout: Duration,
     /// Index 0: threads that are not serving threads; index `n`: serving thread `n`.
     clients: std::sync::Arc<[std::sync::OnceLock<reqwest::Client>]>,
+    /// The same for plain-HTTP upstreams; empty when a proxy for plain HTTP is configured.
+    plain: std::sync::Arc<[std::sync::OnceLock<plain::PlainClient>]>,
 }
 
 /// Headers an adapter may not set: the host owns them.
@@ -66,9 +70,12 @@ impl Upstream {
     pub fn new(connect_timeout: Duration, workers: usize) -> Result<Self, reqwest::Error> {
         let clients: std::sync::Arc<[_]> =
             (0..=workers).map(|_| std::sync::OnceLock::new()).collect();
+        let direct = if plain::proxied() { 0 } else { workers + 1 };
+        let plain = (0..direct).map(|_| std::sync::OnceLock::new()).collect();
         let up = Upstream {
             connect_timeout,
             clients,
+            plain,
         };
         // Fail at start-up, not on a first request, if no client can be built (TLS set-up).
         let first = up.build()?;
@@ -84,6 +91,15 @@ impl Upstream {
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
             .build()
+    }
+
+    /// This thread's plain-HTTP pool, unless a proxy is configured.
+    fn plain(&self) -> Option<&plain::PlainClient> {
+        let slot = self
+            .plain
+            .get(crate::server::current_worker())
+            .or_else(|| self.plain.first())?;
+        Some(slot.get_or_init(|| plain::client(self.connect_timeout)))
     }
 
     /// This thread's client. A pooled connection is driven by a task on the runtime that opened
@@ -127,6 +143,13 @@ impl Upstream {
             url.push_str(&percent_encode(key));
         }
         // A URL carrying the key in its query is parsed each time: keys are not kept in caches.
+        let keyed = matches!(req.auth, Auth::Query(_));
+        if url.starts_with("http://")
+            && let Some(client) = self.plain()
+            && let Some(uri) = plain::uri(&url, !keyed)
+        {
+            return plain::send(client, uri, method, req, key, first_byte, provider.timeout).await;
+        }
         let url = if matches!(req.auth, Auth::Query(_)) {
             reqwest::Url::parse(&url).map_err(|e| e.to_string())
         } else {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use smart_router_tests::gateway::temp_dir;
-use smart_router_tests::{binary, root, serve_binary};
+use smart_router_tests::{binary, root, serve_binary, serve_binary_with};
 
 /// Runs `check` on the example config through `command` and asserts that every component
 /// loaded; returns what it printed.
@@ -379,5 +379,60 @@ async fn a_second_signal_cuts_off_the_drain_at_once() {
     assert_eq!(body["error"]["code"], "gateway_shutting_down", "{body}");
     let classes = strings(&db, "SELECT error_class FROM usage").await;
     assert_eq!(classes, ["shutdown"], "the cut-off request has its row");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Plain-HTTP upstreams skip reqwest for hyper-util's pool, except when the environment names a
+/// proxy: then reqwest sends them through it. Here the provider's host does not exist and the
+/// mock is the proxy: the answer can only have come through it.
+#[tokio::test]
+async fn plain_http_upstreams_go_through_a_proxy_the_environment_names() {
+    let proxy = smart_router_tests::MockUpstream::start().await;
+    let dir = temp_dir("proxy");
+    std::fs::write(
+        dir.join("providers.yaml"),
+        "providers:\n  up:\n    adapter: openai\n    base_url: http://upstream.invalid:8080/v1\n    api_key: sk-upstream-behind-proxy\n    channels: [{model: m}]\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("system.yaml"),
+        format!(
+            "components_dir: {}\n",
+            root().join("config/components").display()
+        ),
+    )
+    .expect("write");
+    let db = format!("sqlite://{}", dir.join("db.sqlite").display());
+    let proxy_url = format!("http://{}", proxy.addr);
+    let (mut child, addr) = serve_binary_with(
+        &dir,
+        &db,
+        Some("sk-proxied"),
+        &[("HTTP_PROXY", &proxy_url), ("NO_PROXY", "")],
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .bearer_auth("sk-proxied")
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("send");
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.expect("json");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"], "reply from m",
+        "{body}"
+    );
+    let calls = proxy.calls("m");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].path, "/v1/chat/completions");
+    assert_eq!(calls[0].headers["host"], "upstream.invalid:8080");
+    assert_eq!(
+        calls[0].headers["authorization"],
+        "Bearer sk-upstream-behind-proxy"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

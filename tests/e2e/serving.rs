@@ -348,3 +348,35 @@ async fn concurrent_streams_reuse_the_instances_of_the_streams_before_them() {
     assert!(created[1] - created[0] >= 40, "{created:?}");
     assert_eq!(created[2], created[1], "{created:?}");
 }
+
+/// A provider that goes silent mid-stream is cut off at its whole-request timeout: the client
+/// gets an error event after the chunks it had, and the row says why.
+#[tokio::test]
+async fn a_stream_silent_past_the_providers_timeout_ends_with_an_error_event() {
+    let mock = MockUpstream::start().await;
+    mock.set("m", smart_router_tests::Behaviour::StallAfter(2));
+    let gw = Gateway::builder()
+        .providers(&one_channel(&mock))
+        .system("components_dir: components\nupstream:\n  first_byte_timeout_secs: 5\n  timeout_secs: 1\n")
+        .start()
+        .await;
+    let mut resp = silent_stream(&gw).await;
+    let mut rest = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = resp.chunk().await.expect("read") {
+            rest.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream did not end: {rest}");
+    assert!(
+        rest.contains("\"stream_broken\"") && rest.contains("did not answer in time"),
+        "{rest}"
+    );
+    assert!(!rest.contains("[DONE]"), "{rest}");
+    gw.flush().await;
+    let rows = gw.rows("SELECT error_class FROM usage").await;
+    use sqlx::Row;
+    let classes: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(classes, ["stream_broken"]);
+}

@@ -81,7 +81,18 @@ pub fn binary() -> PathBuf {
 /// and `db`, on a free port, with `master_key` or none; returns the process and the address it
 /// listens on.
 pub fn serve_binary(config: &Path, db: &str, master_key: Option<&str>) -> (Child, String) {
+    serve_binary_with(config, db, master_key, &[])
+}
+
+/// `serve_binary` with `env` added to the process's environment.
+pub fn serve_binary_with(
+    config: &Path,
+    db: &str,
+    master_key: Option<&str>,
+    env: &[(&str, &str)],
+) -> (Child, String) {
     let mut command = Command::new(binary());
+    command.envs(env.iter().copied());
     command
         .current_dir(root())
         .args([
