@@ -59,6 +59,25 @@ fn check_accepts_the_example_config() {
 
 /// Under a `ulimit -v` of 4 TiB (4,096 slots of 4 GiB take about 16 TiB), every component still
 /// loads, in slots of the memory cap with bounds checks, and the log says so.
+/// Under a `ulimit -v` of 64 GiB no pool of memory slots fits (4,096 slots of the 256 MiB cap
+/// take about 1.2 TiB): every component still loads, each instance's memory mapped on its own.
+#[test]
+fn check_falls_back_to_memories_mapped_per_instance_when_no_pool_fits() {
+    let text = checked_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -v {} && exec \"$0\" check --config config",
+                64u64 << 20
+            ))
+            .arg(binary()),
+    );
+    assert!(
+        text.contains("no pool of component memories can be reserved"),
+        "{text}"
+    );
+}
+
 #[test]
 fn check_falls_back_to_small_memory_slots_under_an_address_space_limit() {
     let text = checked_ok(

@@ -337,7 +337,19 @@ impl Runtime {
                     slot >> 20
                 );
                 config.memory_reservation(slot as u64);
-                Engine::new(&config)?
+                match Engine::new(&config) {
+                    Ok(engine) => engine,
+                    Err(e) => {
+                        // Not even that (a tighter limit, or valgrind, whose address space is
+                        // smaller): each instance's memory is mapped when the instance is made.
+                        // Instances are kept and reused, so requests rarely pay for it.
+                        tracing::warn!(
+                            "no pool of component memories can be reserved ({e:#}); mapping each instance's memory when it is made"
+                        );
+                        config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+                        Engine::new(&config)?
+                    }
+                }
             }
         };
 
