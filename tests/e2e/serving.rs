@@ -357,7 +357,7 @@ async fn a_stream_silent_past_the_providers_timeout_ends_with_an_error_event() {
     mock.set("m", smart_router_tests::Behaviour::StallAfter(2));
     let gw = Gateway::builder()
         .providers(&one_channel(&mock))
-        .system("components_dir: components\nupstream:\n  first_byte_timeout_secs: 5\n  timeout_secs: 1\n")
+        .system("components_dir: components\nupstream:\n  first_byte_timeout_secs: 5\n  timeout_secs: 2\n")
         .start()
         .await;
     let mut resp = silent_stream(&gw).await;
@@ -379,4 +379,8 @@ async fn a_stream_silent_past_the_providers_timeout_ends_with_an_error_event() {
     use sqlx::Row;
     let classes: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(classes, ["stream_broken"]);
+    // The adapter asked for an event stream, and that alone (no default `*/*` beside it).
+    let calls = mock.calls("m");
+    let accept: Vec<_> = calls[0].headers.get_all("accept").iter().collect();
+    assert_eq!(accept, ["text/event-stream"]);
 }

@@ -33,14 +33,15 @@ use crate::components::adapter_api::exports::smart_router::gateway::translation:
 
 pub(super) type PlainClient = Client<HttpConnector, Full<Bytes>>;
 
-/// A pool with reqwest's settings as `Upstream` configures it: keep-alive probes every 15 s,
-/// no Nagle, idle connections kept 90 s, at most 256 per host.
+/// A pool with reqwest's settings as `Upstream` configures it: keep-alive probes every 15 s
+/// (3 unanswered end the connection), no Nagle, idle connections kept 90 s, at most 256 per host.
 pub(super) fn client(connect_timeout: Duration) -> PlainClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(15)));
     http.set_keepalive_interval(Some(Duration::from_secs(15)));
+    http.set_keepalive_retries(Some(3));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
@@ -56,13 +57,22 @@ pub(super) fn proxied() -> bool {
 }
 
 /// `url` as a URI this client can send to, when it is a plain `http://` URL with a host and no
-/// user name or password in it; `None` sends it through reqwest instead. Parsed URIs are kept
+/// user name or password in it, made only of characters reqwest's URL parser would send as they
+/// are (no `.` or `..` segment it would resolve, nothing it would percent-encode); `None` sends
+/// it through reqwest instead, so every URL reaches the wire as it did. Parsed URIs are kept
 /// per thread unless `cache` is false (a URL carrying a key in its query is never kept).
 pub(super) fn uri(url: &str, cache: bool) -> Option<hyper::Uri> {
     thread_local! {
         static CACHE: RefCell<HashMap<String, hyper::Uri>> = RefCell::new(HashMap::new());
     }
     let parse = || {
+        let plain = url
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~/?=&%+:,;!*'()$[]@".contains(&b))
+            && !url.contains("/.");
+        if !plain {
+            return None;
+        }
         let uri = hyper::Uri::try_from(url).ok()?;
         let authority = uri.authority()?;
         (uri.scheme() == Some(&hyper::http::uri::Scheme::HTTP)
@@ -102,8 +112,6 @@ pub(super) async fn send(
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     let headers = request.headers_mut();
-    // What reqwest sends by default.
-    headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
     for (name, value) in &req.headers {
         // `validate` has checked both.
         let (Ok(name), Ok(value)) = (
@@ -115,6 +123,10 @@ pub(super) async fn send(
             )));
         };
         headers.append(name, value);
+    }
+    // What reqwest sends when the adapter names no `Accept` (a stream's is `text/event-stream`).
+    if !headers.contains_key(ACCEPT) {
+        headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
     }
     let secret = |text: &str| {
         let mut v = HeaderValue::from_str(text).map_err(|_| {
@@ -136,6 +148,7 @@ pub(super) async fn send(
     }
     let resp = match tokio::time::timeout(first_byte.min(total), client.request(request)).await {
         Err(_) => return Err(UpstreamError::Timeout),
+        Ok(Err(e)) if timed_out(&e) => return Err(UpstreamError::Timeout),
         Ok(Err(e)) => return Err(UpstreamError::Connect(describe(&e))),
         Ok(Ok(resp)) => resp,
     };
@@ -158,10 +171,26 @@ pub(super) async fn send(
         headers,
         body: Box::pin(PlainBody {
             body: resp.into_body(),
+            at: deadline,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             done: false,
         }),
     })
+}
+
+/// Whether `e` or one of its causes is an I/O time-out (the connector's connect timeout, a
+/// keep-alive probe unanswered): reqwest's `is_timeout`.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// An error and its causes, one line. hyper-util's errors carry no URL (which may hold a key).
@@ -179,6 +208,8 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 /// A response body's data, ending in a timeout error once the exchange's deadline passes.
 struct PlainBody {
     body: Incoming,
+    /// When the deadline passes: checked as data arrives, which does not poll the timer.
+    at: Instant,
     deadline: Pin<Box<Sleep>>,
     done: bool,
 }
@@ -192,6 +223,10 @@ impl Stream for PlainBody {
         }
         loop {
             match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(_))) if Instant::now() >= self.at => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(UpstreamError::Timeout)));
+                }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => return Poll::Ready(Some(Ok(data))),
                     // Trailers: nothing a caller reads.
@@ -199,7 +234,12 @@ impl Stream for PlainBody {
                 },
                 Poll::Ready(Some(Err(e))) => {
                     self.done = true;
-                    return Poll::Ready(Some(Err(UpstreamError::Body(describe(&e)))));
+                    let err = if timed_out(&e) {
+                        UpstreamError::Timeout
+                    } else {
+                        UpstreamError::Body(describe(&e))
+                    };
+                    return Poll::Ready(Some(Err(err)));
                 }
                 Poll::Ready(None) => {
                     self.done = true;
@@ -214,6 +254,59 @@ impl Stream for PlainBody {
                 Poll::Ready(Some(Err(UpstreamError::Timeout)))
             }
             Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("tcp connect error")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_timed_out_cause_is_a_timeout_and_others_are_not() {
+        let timed = Wrapped(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        let refused = Wrapped(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(timed_out(&timed));
+        assert!(!timed_out(&refused));
+        assert!(describe(&refused).starts_with("tcp connect error: "));
+    }
+
+    #[test]
+    fn only_urls_reqwest_would_send_as_they_are_take_the_direct_pool() {
+        for url in [
+            "http://127.0.0.1:8080/v1/chat/completions",
+            "http://localhost:11434/api/chat?stream=true",
+            "http://[::1]:8000/v1/models/a%2Fb",
+        ] {
+            assert!(uri(url, false).is_some(), "{url}");
+        }
+        for url in [
+            "https://api.openai.com/v1/chat/completions",
+            "http://user:pass@host/v1",
+            "http://host/v1/models/a/../x",
+            "http://host/v1/./x",
+            "http://host/v1/caf\u{e9}",
+            "http://host/v1/{x}",
+            "http://host/v1/a\\b",
+            "http://host/v1/\"q\"",
+            "http:///v1",
+        ] {
+            assert!(uri(url, false).is_none(), "{url}");
         }
     }
 }
