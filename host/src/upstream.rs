@@ -174,20 +174,7 @@ impl Upstream {
             Ok(Ok(resp)) => resp,
         };
         let status = resp.status().as_u16();
-        // Only an error's headers are read (by the adapter's `classify-error`): a success's
-        // (a score of them from most providers) are not copied.
-        let headers = if resp.status().is_success() {
-            Vec::new()
-        } else {
-            resp.headers()
-                .iter()
-                .filter_map(|(k, v)| {
-                    v.to_str()
-                        .ok()
-                        .map(|v| (k.as_str().to_string(), v.to_string()))
-                })
-                .collect()
-        };
+        let headers = error_headers(resp.status(), resp.headers());
         let body = resp.bytes_stream().map(|r| {
             r.map_err(|e| {
                 if e.is_timeout() {
@@ -203,6 +190,23 @@ impl Upstream {
             body: Box::pin(body),
         })
     }
+}
+
+/// The headers of a response that is not a success; none for a success. Only an error's are
+/// read (by the adapter's `classify-error`): a success's (a score of them from most providers)
+/// are not copied.
+fn error_headers(status: hyper::StatusCode, headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    if status.is_success() {
+        return Vec::new();
+    }
+    headers
+        .iter()
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 /// `url` parsed, from a per-thread cache: the same few URLs come back on every request, and

@@ -153,19 +153,7 @@ pub(super) async fn send(
         Ok(Ok(resp)) => resp,
     };
     let status = resp.status().as_u16();
-    // As with reqwest: only an error's headers are read (by the adapter's `classify-error`).
-    let headers = if resp.status().is_success() {
-        Vec::new()
-    } else {
-        resp.headers()
-            .iter()
-            .filter_map(|(k, v)| {
-                v.to_str()
-                    .ok()
-                    .map(|v| (k.as_str().to_string(), v.to_string()))
-            })
-            .collect()
-    };
+    let headers = super::error_headers(resp.status(), resp.headers());
     Ok(UpstreamResponse {
         status,
         headers,
