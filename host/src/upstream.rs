@@ -150,7 +150,7 @@ impl Upstream {
         {
             return plain::send(client, uri, method, req, key, first_byte, provider.timeout).await;
         }
-        let url = if matches!(req.auth, Auth::Query(_)) {
+        let url = if keyed {
             reqwest::Url::parse(&url).map_err(|e| e.to_string())
         } else {
             parsed(url)
@@ -272,16 +272,9 @@ fn validate(req: &HttpRequest) -> Result<(), UpstreamError> {
     Ok(())
 }
 
+/// Never with the URL: it may carry a key in its query.
 fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    plain::describe(&e.without_url())
 }
 
 fn percent_encode(s: &str) -> String {

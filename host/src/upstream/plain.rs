@@ -182,7 +182,7 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// An error and its causes, one line. hyper-util's errors carry no URL (which may hold a key).
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
