@@ -51,7 +51,7 @@ pub struct Upstream {
     /// Index 0: threads that are not serving threads; index `n`: serving thread `n`.
     clients: std::sync::Arc<[std::sync::OnceLock<reqwest::Client>]>,
     /// The same for plain-HTTP upstreams; empty when a proxy for plain HTTP is configured.
-    plain: std::sync::Arc<[std::sync::OnceLock<plain::PlainClient>]>,
+    plain: std::sync::Arc<[std::sync::OnceLock<std::sync::Arc<plain::Pool>>]>,
 }
 
 /// Headers an adapter may not set: the host owns them.
@@ -94,12 +94,12 @@ impl Upstream {
     }
 
     /// This thread's plain-HTTP pool, unless a proxy is configured.
-    fn plain(&self) -> Option<&plain::PlainClient> {
+    fn plain(&self) -> Option<&std::sync::Arc<plain::Pool>> {
         let slot = self
             .plain
             .get(crate::server::current_worker())
             .or_else(|| self.plain.first())?;
-        Some(slot.get_or_init(|| plain::client(self.connect_timeout)))
+        Some(slot.get_or_init(|| plain::Pool::new(self.connect_timeout)))
     }
 
     /// This thread's client. A pooled connection is driven by a task on the runtime that opened
@@ -145,10 +145,10 @@ impl Upstream {
         // A URL carrying the key in its query is parsed each time: keys are not kept in caches.
         let keyed = matches!(req.auth, Auth::Query(_));
         if url.starts_with("http://")
-            && let Some(client) = self.plain()
-            && let Some(uri) = plain::uri(&url, !keyed)
+            && let Some(pool) = self.plain()
+            && let Some(target) = plain::target(&url, !keyed)
         {
-            return plain::send(client, uri, method, req, key, first_byte, provider.timeout).await;
+            return plain::send(pool, target, method, req, key, first_byte, provider.timeout).await;
         }
         let url = if keyed {
             reqwest::Url::parse(&url).map_err(|e| e.to_string())

@@ -384,3 +384,57 @@ async fn a_stream_silent_past_the_providers_timeout_ends_with_an_error_event() {
     let accept: Vec<_> = calls[0].headers.get_all("accept").iter().collect();
     assert_eq!(accept, ["text/event-stream"]);
 }
+
+/// Requests one after another go over one upstream connection, whatever their kind: plain
+/// answers, streams (whose reader stops at the last event, before the body's end), and a
+/// provider's error. A connection not given back makes the next request open another.
+#[tokio::test]
+async fn requests_one_after_another_reuse_one_upstream_connection() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .providers(&one_channel(&mock))
+        .workers(1)
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+    for i in 0..3 {
+        ask(&gw, &client, &format!("plain {i}")).await;
+        let text = client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(smart_router_tests::gateway::KEY)
+            .json(&json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .expect("send")
+            .text()
+            .await
+            .expect("the whole stream");
+        assert!(text.contains("[DONE]"), "{text}");
+        mock.set(
+            "m",
+            smart_router_tests::Behaviour::Fail {
+                status: 400,
+                body: json!({"error": {"message": "bad", "type": "invalid_request_error"}}),
+                headers: Vec::new(),
+            },
+        );
+        let refused = gw
+            .chat(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+            .await;
+        assert_eq!(refused.status(), 400);
+        mock.set("m", smart_router_tests::Behaviour::Ok);
+        // A connection whose last bytes the reader did not ask for goes back once hyper has
+        // read them, just after the answer: the next request is not raced against that.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let peers: std::collections::HashSet<_> = mock
+        .state
+        .received
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|r| r.peer)
+        .collect();
+    assert_eq!(mock.total_calls(), 9);
+    assert_eq!(peers.len(), 1, "{peers:?}");
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -53,6 +53,8 @@ pub struct Received {
     pub body: Value,
     /// The body exactly as it arrived.
     pub raw: String,
+    /// The address it came from: one per connection.
+    pub peer: SocketAddr,
 }
 
 #[derive(Default)]
@@ -80,6 +82,7 @@ impl MockUpstream {
             .expect("bind mock");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let _ = axum::serve(listener, app).await;
         });
         MockUpstream { addr, state }
@@ -114,19 +117,31 @@ impl MockUpstream {
     }
 }
 
-async fn chat(State(state): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
-    serve(&state, "/v1/chat/completions", headers, &body).await
+async fn chat(
+    State(state): State<Arc<MockState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    serve(&state, "/v1/chat/completions", peer, headers, &body).await
 }
 
 async fn embeddings(
     State(state): State<Arc<MockState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    serve(&state, "/v1/embeddings", headers, &body).await
+    serve(&state, "/v1/embeddings", peer, headers, &body).await
 }
 
-async fn serve(state: &MockState, path: &str, headers: HeaderMap, body: &[u8]) -> Response {
+async fn serve(
+    state: &MockState,
+    path: &str,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: &[u8],
+) -> Response {
     let raw = String::from_utf8_lossy(body).into_owned();
     let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let model = body["model"].as_str().unwrap_or("").to_string();
@@ -135,6 +150,7 @@ async fn serve(state: &MockState, path: &str, headers: HeaderMap, body: &[u8]) -
         headers,
         body: body.clone(),
         raw,
+        peer,
     });
     let answer = |body: &Value, model: &str, cut: Cut| {
         if path == "/v1/embeddings" {

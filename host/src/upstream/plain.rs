@@ -1,10 +1,18 @@
 //! Plain-HTTP upstreams (a model server on the same host or network — Ollama, vLLM, llama.cpp,
-//! an in-house gateway — or a sidecar) over hyper-util's connection pool directly: the pool
-//! reqwest itself wraps, without the layers a gateway that does its own failover has no use for
-//! (redirects, retries, cookies) and what they cost on every request: three copies of the
-//! headers, the URL printed and parsed twice, three boxed futures. Sending a request to a mock
-//! upstream and reading its answer took 34,600 instructions this way against 63,600 through
-//! reqwest (callgrind, one thread, 1,000 requests).
+//! an in-house gateway — or a sidecar) over HTTP/1 connections of our own: hyper's connection,
+//! hyper-util's connector, and a pool per serving thread. reqwest's layers (redirects, retries,
+//! cookies) and what they cost on every request — three copies of the headers, the URL printed
+//! and parsed twice, three boxed futures — are for clients that do not do their own failover;
+//! hyper-util's pool, which reqwest wraps, spawns a task per request to learn when a connection
+//! is free again. Sending a request to a mock upstream and reading its answer took 63,600
+//! instructions through reqwest, 34,600 through hyper-util's pool, 22,500 on a bare hyper
+//! connection (callgrind, one thread, 1,000 requests).
+//!
+//! The pool does what hyper-util's does for HTTP/1: the most recently used idle connection first,
+//! a closed one never handed out, a request retried on a new connection only when it was given to
+//! a reused connection that closed before writing any of it; idle connections kept 90 s, at most
+//! 256 per host. A connection goes back to the pool when its response has been read to the end;
+//! one whose response is dropped half-read is closed by hyper.
 //!
 //! HTTPS upstreams (TLS, HTTP/2) go through reqwest, and so does every upstream when the
 //! environment names a proxy for plain HTTP (reqwest honours it, `NO_PROXY` included), or when
@@ -13,6 +21,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,10 +29,10 @@ use bytes::Bytes;
 use futures_util::Stream;
 use http_body_util::Full;
 use hyper::body::{Body, Incoming};
-use hyper::header::{ACCEPT, AUTHORIZATION, HeaderName, HeaderValue};
-use hyper_util::client::legacy::Client;
+use hyper::client::conn::http1;
+use hyper::header::{ACCEPT, AUTHORIZATION, HOST, HeaderName, HeaderValue};
+use hyper::http::uri::Authority;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::{Instant, Sleep};
 
 use super::{UpstreamError, UpstreamResponse};
@@ -31,22 +40,149 @@ use crate::components::adapter_api::exports::smart_router::gateway::translation:
     Auth, HttpRequest,
 };
 
-pub(super) type PlainClient = Client<HttpConnector, Full<Bytes>>;
+type Sender = http1::SendRequest<Full<Bytes>>;
 
-/// A pool with reqwest's settings as `Upstream` configures it: keep-alive probes every 15 s
-/// (3 unanswered end the connection), no Nagle, idle connections kept 90 s, at most 256 per host.
-pub(super) fn client(connect_timeout: Duration) -> PlainClient {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(15)));
-    http.set_keepalive_interval(Some(Duration::from_secs(15)));
-    http.set_keepalive_retries(Some(3));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .pool_timer(TokioTimer::new())
-        .build(http)
+/// How long an idle connection is kept.
+const IDLE: Duration = Duration::from_secs(90);
+/// Idle connections kept per host.
+const IDLE_PER_HOST: usize = 256;
+
+/// One thread's plain-HTTP connections (see the module's documentation).
+pub(super) struct Pool {
+    connector: HttpConnector,
+    idle: Mutex<Idle>,
+}
+
+#[derive(Default)]
+struct Idle {
+    hosts: HashMap<Authority, Vec<(Sender, Instant)>>,
+    /// When expired connections were last dropped from every host's list.
+    swept: Option<Instant>,
+}
+
+impl Pool {
+    /// Connections set up as reqwest sets up its own: keep-alive probes every 15 s (3 unanswered
+    /// end the connection), no Nagle, `connect_timeout` to connect.
+    pub(super) fn new(connect_timeout: Duration) -> Arc<Pool> {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(15)));
+        http.set_keepalive_interval(Some(Duration::from_secs(15)));
+        http.set_keepalive_retries(Some(3));
+        Arc::new(Pool {
+            connector: http,
+            idle: Mutex::new(Idle::default()),
+        })
+    }
+
+    /// The most recently used open idle connection to `host`.
+    fn take(&self, host: &Authority) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.hosts.get_mut(host)?;
+        while let Some((sender, since)) = list.pop() {
+            if !sender.is_closed() && since.elapsed() < IDLE {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// `sender`'s connection, its response read to the end, kept for the next request to `host`.
+    fn put(&self, host: Authority, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Connections to hosts no longer asked for are not taken again: drop the expired ones
+        // now and then, so they do not stay open for good.
+        if idle
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= IDLE / 3)
+        {
+            idle.swept = Some(now);
+            idle.hosts.retain(|_, list| {
+                list.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE);
+                !list.is_empty()
+            });
+        }
+        let list = idle.hosts.entry(host).or_default();
+        if list.len() < IDLE_PER_HOST {
+            list.push((sender, now));
+        }
+    }
+
+    /// A new connection to `target`, its driving task spawned on this thread's runtime.
+    async fn connect(&self, target: &Target) -> Result<Sender, UpstreamError> {
+        use tower_service::Service;
+        let mut connector = self.connector.clone();
+        let error = |e: &(dyn std::error::Error + 'static)| {
+            if timed_out(e) {
+                UpstreamError::Timeout
+            } else {
+                UpstreamError::Connect(describe(e))
+            }
+        };
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(|e| error(&e))?;
+        let io = connector
+            .call(target.uri.clone())
+            .await
+            .map_err(|e| error(&e))?;
+        let (sender, conn) = http1::handshake(io).await.map_err(|e| error(&e))?;
+        tokio::spawn(async move {
+            // Its errors reach the request it was serving, if any.
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends `request` on an idle connection to `target`, or a new one: a request the reused
+    /// connection closed before writing goes again on another.
+    async fn exchange(
+        &self,
+        target: &Target,
+        mut request: hyper::Request<Full<Bytes>>,
+    ) -> Result<(hyper::Response<Incoming>, Sender), UpstreamError> {
+        loop {
+            let (mut sender, reused) = match self.take(&target.host) {
+                Some(sender) => (sender, true),
+                None => (self.connect(target).await?, false),
+            };
+            // A reused connection may still be finishing the response before.
+            if reused && sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(resp) => return Ok((resp, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => {
+                        let e = e.into_error();
+                        return Err(if timed_out(&e) {
+                            UpstreamError::Timeout
+                        } else {
+                            UpstreamError::Connect(describe(&e))
+                        });
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Where a plain-HTTP URL's requests go, worked out once per URL.
+pub(super) struct Target {
+    /// The whole URL, for the connector.
+    uri: hyper::Uri,
+    /// The request target: the path and query (origin form).
+    path: hyper::Uri,
+    /// The pool's key.
+    host: Authority,
+    /// The `Host` header: the host, and the port unless it is 80.
+    host_header: HeaderValue,
 }
 
 /// Whether the environment names a proxy for plain HTTP.
@@ -56,14 +192,14 @@ pub(super) fn proxied() -> bool {
         .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
 }
 
-/// `url` as a URI this client can send to, when it is a plain `http://` URL with a host and no
-/// user name or password in it, made only of characters reqwest's URL parser would send as they
-/// are (no `.` or `..` segment it would resolve, nothing it would percent-encode); `None` sends
-/// it through reqwest instead, so every URL reaches the wire as it did. Parsed URIs are kept
-/// per thread unless `cache` is false (a URL carrying a key in its query is never kept).
-pub(super) fn uri(url: &str, cache: bool) -> Option<hyper::Uri> {
+/// Where `url`'s requests go, when it is a plain `http://` URL with a host and no user name or
+/// password in it, made only of characters reqwest's URL parser would send as they are (no `.`
+/// or `..` segment it would resolve, nothing it would percent-encode); `None` sends it through
+/// reqwest instead, so every URL reaches the wire as it did. Targets are kept per thread unless
+/// `cache` is false (a URL carrying a key in its query is never kept).
+pub(super) fn target(url: &str, cache: bool) -> Option<Arc<Target>> {
     thread_local! {
-        static CACHE: RefCell<HashMap<String, hyper::Uri>> = RefCell::new(HashMap::new());
+        static CACHE: RefCell<HashMap<String, Arc<Target>>> = RefCell::new(HashMap::new());
     }
     let parse = || {
         let plain = url
@@ -74,33 +210,55 @@ pub(super) fn uri(url: &str, cache: bool) -> Option<hyper::Uri> {
             return None;
         }
         let uri = hyper::Uri::try_from(url).ok()?;
-        let authority = uri.authority()?;
-        (uri.scheme() == Some(&hyper::http::uri::Scheme::HTTP)
-            && !authority.as_str().contains('@')
-            && !authority.host().is_empty())
-        .then_some(uri)
+        let host = uri.authority()?.clone();
+        if uri.scheme() != Some(&hyper::http::uri::Scheme::HTTP)
+            || host.as_str().contains('@')
+            || host.host().is_empty()
+        {
+            return None;
+        }
+        let host_header = match host.port_u16() {
+            Some(port) if port != 80 => HeaderValue::from_str(&format!("{}:{port}", host.host())),
+            _ => HeaderValue::from_str(host.host()),
+        }
+        .ok()?;
+        let path = match uri.path_and_query() {
+            Some(p) if p.as_str() != "/" => hyper::Uri::from_parts({
+                let mut parts = hyper::http::uri::Parts::default();
+                parts.path_and_query = Some(p.clone());
+                parts
+            })
+            .ok()?,
+            _ => hyper::Uri::from_static("/"),
+        };
+        Some(Arc::new(Target {
+            uri,
+            path,
+            host,
+            host_header,
+        }))
     };
     if !cache {
         return parse();
     }
     CACHE.with_borrow_mut(|cache| {
-        if let Some(u) = cache.get(url) {
-            return Some(u.clone());
+        if let Some(t) = cache.get(url) {
+            return Some(t.clone());
         }
-        let u = parse()?;
+        let t = parse()?;
         if cache.len() >= 1024 {
             cache.clear();
         }
-        cache.insert(url.to_string(), u.clone());
-        Some(u)
+        cache.insert(url.to_string(), t.clone());
+        Some(t)
     })
 }
 
-/// Sends `req` to `uri`: the response's headers within `first_byte` and the whole exchange
+/// Sends `req` to `target`: the response's headers within `first_byte` and the whole exchange
 /// within `total` (reqwest's total timeout), the key in the header `req.auth` names.
 pub(super) async fn send(
-    client: &PlainClient,
-    uri: hyper::Uri,
+    pool: &Arc<Pool>,
+    target: Arc<Target>,
     method: hyper::Method,
     req: HttpRequest,
     key: Option<&str>,
@@ -110,7 +268,7 @@ pub(super) async fn send(
     let deadline = Instant::now() + total;
     let mut request = hyper::Request::new(Full::new(Bytes::from(req.body)));
     *request.method_mut() = method;
-    *request.uri_mut() = uri;
+    *request.uri_mut() = target.path.clone();
     let headers = request.headers_mut();
     for (name, value) in &req.headers {
         // `validate` has checked both.
@@ -124,6 +282,7 @@ pub(super) async fn send(
         };
         headers.append(name, value);
     }
+    headers.insert(HOST, target.host_header.clone());
     // What reqwest sends when the adapter names no `Accept` (a stream's is `text/event-stream`).
     if !headers.contains_key(ACCEPT) {
         headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
@@ -146,12 +305,11 @@ pub(super) async fn send(
         }
         _ => {}
     }
-    let resp = match tokio::time::timeout(first_byte.min(total), client.request(request)).await {
-        Err(_) => return Err(UpstreamError::Timeout),
-        Ok(Err(e)) if timed_out(&e) => return Err(UpstreamError::Timeout),
-        Ok(Err(e)) => return Err(UpstreamError::Connect(describe(&e))),
-        Ok(Ok(resp)) => resp,
-    };
+    let (resp, sender) =
+        match tokio::time::timeout(first_byte.min(total), pool.exchange(&target, request)).await {
+            Err(_) => return Err(UpstreamError::Timeout),
+            Ok(result) => result?,
+        };
     let status = resp.status().as_u16();
     let headers = super::error_headers(resp.status(), resp.headers());
     Ok(UpstreamResponse {
@@ -160,8 +318,9 @@ pub(super) async fn send(
         body: Box::pin(PlainBody {
             body: resp.into_body(),
             at: deadline,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline: None,
             done: false,
+            free: Some((pool.clone(), target, sender)),
         }),
     })
 }
@@ -198,8 +357,40 @@ struct PlainBody {
     body: Incoming,
     /// When the deadline passes: checked as data arrives, which does not poll the timer.
     at: Instant,
-    deadline: Pin<Box<Sleep>>,
+    /// The timer, set the first time the body waits for data.
+    deadline: Option<Pin<Box<Sleep>>>,
     done: bool,
+    /// The connection, back to its pool once the body has been read to the end.
+    free: Option<(Arc<Pool>, Arc<Target>, Sender)>,
+}
+
+impl PlainBody {
+    /// Gives the connection back to the pool: at once when the body has been read to the end or
+    /// the connection is free already; otherwise once hyper has read (or drained) the rest of
+    /// the response — a stream's reader stops at its last event, before the body's end — unless
+    /// hyper closes it instead.
+    fn release(&mut self, at_end: bool) {
+        let Some((pool, target, mut sender)) = self.free.take() else {
+            return;
+        };
+        if at_end || sender.is_ready() {
+            pool.put(target.host.clone(), sender);
+        } else if !sender.is_closed()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pool.put(target.host.clone(), sender);
+                }
+            });
+        }
+    }
+}
+
+impl Drop for PlainBody {
+    fn drop(&mut self) {
+        self.release(false);
+    }
 }
 
 impl Stream for PlainBody {
@@ -231,12 +422,17 @@ impl Stream for PlainBody {
                 }
                 Poll::Ready(None) => {
                     self.done = true;
+                    self.release(true);
                     return Poll::Ready(None);
                 }
                 Poll::Pending => break,
             }
         }
-        match self.deadline.as_mut().poll(cx) {
+        let at = self.at;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        match deadline.as_mut().poll(cx) {
             Poll::Ready(()) => {
                 self.done = true;
                 Poll::Ready(Some(Err(UpstreamError::Timeout)))
@@ -281,7 +477,7 @@ mod tests {
             "http://localhost:11434/api/chat?stream=true",
             "http://[::1]:8000/v1/models/a%2Fb",
         ] {
-            assert!(uri(url, false).is_some(), "{url}");
+            assert!(target(url, false).is_some(), "{url}");
         }
         for url in [
             "https://api.openai.com/v1/chat/completions",
@@ -294,7 +490,7 @@ mod tests {
             "http://host/v1/\"q\"",
             "http:///v1",
         ] {
-            assert!(uri(url, false).is_none(), "{url}");
+            assert!(target(url, false).is_none(), "{url}");
         }
     }
 }
