@@ -128,7 +128,7 @@ impl Upstream {
         req: HttpRequest,
         first_byte: Duration,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        validate(&req)?;
+        let headers = validate(&req)?;
         if provider.base_url.starts_with("mock:") {
             return Ok(mock::respond(&req));
         }
@@ -148,18 +148,19 @@ impl Upstream {
             && let Some(pool) = self.plain()
             && let Some(target) = plain::target(&url, !keyed)
         {
-            return plain::send(pool, target, method, req, key, first_byte, provider.timeout).await;
+            return plain::send(pool, target, method, req, headers, provider, first_byte).await;
         }
         let url = if keyed {
             reqwest::Url::parse(&url).map_err(|e| e.to_string())
         } else {
-            parsed(url)
+            parsed(&url)
         }
         .map_err(|e| UpstreamError::InvalidRequest(format!("URL: {e}")))?;
-        let mut builder = self.client().request(method, url).timeout(provider.timeout);
-        for (name, value) in &req.headers {
-            builder = builder.header(name, value);
-        }
+        let mut builder = self
+            .client()
+            .request(method, url)
+            .timeout(provider.timeout)
+            .headers(headers);
         match (&req.auth, key) {
             (Auth::Bearer, Some(key)) => builder = builder.bearer_auth(key),
             (Auth::Header(name), Some(key)) => builder = builder.header(name.as_str(), key),
@@ -211,27 +212,39 @@ fn error_headers(status: hyper::StatusCode, headers: &hyper::HeaderMap) -> Vec<(
 
 /// `url` parsed, from a per-thread cache: the same few URLs come back on every request, and
 /// parsing one (host normalisation included) costs more than looking it up.
-fn parsed(url: String) -> Result<reqwest::Url, String> {
-    use std::cell::RefCell;
-    use std::collections::HashMap;
+fn parsed(url: &str) -> Result<reqwest::Url, String> {
     thread_local! {
-        static CACHE: RefCell<HashMap<String, reqwest::Url>> = RefCell::new(HashMap::new());
+        static CACHE: UrlCache<reqwest::Url> = UrlCache::default();
     }
-    CACHE.with_borrow_mut(|cache| {
-        if let Some(u) = cache.get(&url) {
-            return Ok(u.clone());
-        }
-        let u = reqwest::Url::parse(&url).map_err(|e| e.to_string())?;
-        if cache.len() >= 1024 {
-            cache.clear();
-        }
-        cache.insert(url, u.clone());
-        Ok(u)
+    cached(&CACHE, url, || {
+        reqwest::Url::parse(url).map_err(|e| e.to_string())
     })
 }
 
-/// The host's checks of what an adapter asks it to send.
-fn validate(req: &HttpRequest) -> Result<(), UpstreamError> {
+/// What a thread has made of the URLs it has sent to.
+type UrlCache<T> = std::cell::RefCell<std::collections::HashMap<String, T>>;
+
+/// What `make` makes of `url`, kept in `cache` (at most 1,024 URLs: past that it starts over).
+fn cached<T: Clone, E>(
+    cache: &'static std::thread::LocalKey<UrlCache<T>>,
+    url: &str,
+    make: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    cache.with_borrow_mut(|cache| {
+        if let Some(made) = cache.get(url) {
+            return Ok(made.clone());
+        }
+        let made = make()?;
+        if cache.len() >= 1024 {
+            cache.clear();
+        }
+        cache.insert(url.to_string(), made.clone());
+        Ok(made)
+    })
+}
+
+/// The host's checks of what an adapter asks it to send; its headers, parsed.
+fn validate(req: &HttpRequest) -> Result<hyper::HeaderMap, UpstreamError> {
     let bad = |why: String| Err(UpstreamError::InvalidRequest(why));
     if !matches!(
         req.method.as_str(),
@@ -249,16 +262,21 @@ fn validate(req: &HttpRequest) -> Result<(), UpstreamError> {
     {
         return bad("the path must be a plain path starting with `/`".into());
     }
+    let mut headers = hyper::HeaderMap::with_capacity(req.headers.len());
     for (name, value) in &req.headers {
         let lower = name.to_ascii_lowercase();
         let auth_header = matches!(&req.auth, Auth::Header(h) if h.eq_ignore_ascii_case(name));
         if FORBIDDEN.contains(&lower.as_str()) || auth_header {
             return bad(format!("header `{name}` is set by the host"));
         }
-        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-            || reqwest::header::HeaderValue::from_str(value).is_err()
-        {
-            return bad(format!("header `{name}` is not a valid HTTP header"));
+        match (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                headers.append(name, value);
+            }
+            _ => return bad(format!("header `{name}` is not a valid HTTP header")),
         }
     }
     if let Auth::Header(h) | Auth::Query(h) = &req.auth
@@ -269,7 +287,7 @@ fn validate(req: &HttpRequest) -> Result<(), UpstreamError> {
     {
         return bad(format!("auth name `{h}` is not valid"));
     }
-    Ok(())
+    Ok(headers)
 }
 
 /// Never with the URL: it may carry a key in its query.

@@ -18,7 +18,6 @@
 //! environment names a proxy for plain HTTP (reqwest honours it, `NO_PROXY` included), or when
 //! its URL is one only reqwest's URL parser takes (it normalises what `http::Uri` refuses).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -39,6 +38,7 @@ use super::{UpstreamError, UpstreamResponse};
 use crate::components::adapter_api::exports::smart_router::gateway::translation::{
     Auth, HttpRequest,
 };
+use crate::config::Provider;
 
 type Sender = http1::SendRequest<Full<Bytes>>;
 
@@ -199,7 +199,7 @@ pub(super) fn proxied() -> bool {
 /// `cache` is false (a URL carrying a key in its query is never kept).
 pub(super) fn target(url: &str, cache: bool) -> Option<Arc<Target>> {
     thread_local! {
-        static CACHE: RefCell<HashMap<String, Arc<Target>>> = RefCell::new(HashMap::new());
+        static CACHE: super::UrlCache<Arc<Target>> = super::UrlCache::default();
     }
     let parse = || {
         let plain = url
@@ -238,50 +238,33 @@ pub(super) fn target(url: &str, cache: bool) -> Option<Arc<Target>> {
             host_header,
         }))
     };
-    if !cache {
-        return parse();
+    if cache {
+        super::cached(&CACHE, url, || parse().ok_or(())).ok()
+    } else {
+        parse()
     }
-    CACHE.with_borrow_mut(|cache| {
-        if let Some(t) = cache.get(url) {
-            return Some(t.clone());
-        }
-        let t = parse()?;
-        if cache.len() >= 1024 {
-            cache.clear();
-        }
-        cache.insert(url.to_string(), t.clone());
-        Some(t)
-    })
 }
 
-/// Sends `req` to `target`: the response's headers within `first_byte` and the whole exchange
-/// within `total` (reqwest's total timeout), the key in the header `req.auth` names.
+/// Sends `req` to `target` with the adapter's `headers` (`req.headers` as `validate` parsed
+/// them): the response's headers within `first_byte` and the whole exchange within the
+/// provider's timeout (reqwest's total timeout), its key in the header `req.auth` names.
 pub(super) async fn send(
     pool: &Arc<Pool>,
     target: Arc<Target>,
     method: hyper::Method,
     req: HttpRequest,
-    key: Option<&str>,
+    headers: hyper::HeaderMap,
+    provider: &Provider,
     first_byte: Duration,
-    total: Duration,
 ) -> Result<UpstreamResponse, UpstreamError> {
+    let key = provider.api_key.as_ref().map(|k| k.expose());
+    let total = provider.timeout;
     let deadline = Instant::now() + total;
     let mut request = hyper::Request::new(Full::new(Bytes::from(req.body)));
     *request.method_mut() = method;
     *request.uri_mut() = target.path.clone();
+    *request.headers_mut() = headers;
     let headers = request.headers_mut();
-    for (name, value) in &req.headers {
-        // `validate` has checked both.
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) else {
-            return Err(UpstreamError::InvalidRequest(format!(
-                "header `{name}` is not a valid HTTP header"
-            )));
-        };
-        headers.append(name, value);
-    }
     headers.insert(HOST, target.host_header.clone());
     // What reqwest sends when the adapter names no `Accept` (a stream's is `text/event-stream`).
     if !headers.contains_key(ACCEPT) {
