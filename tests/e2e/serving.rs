@@ -410,6 +410,9 @@ async fn requests_one_after_another_reuse_one_upstream_connection() {
             .await
             .expect("the whole stream");
         assert!(text.contains("[DONE]"), "{text}");
+        // A stream's reader stops at its last event: its connection goes back once hyper has
+        // read the body's end, just after the answer. The next request is not raced against it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         mock.set(
             "m",
             smart_router_tests::Behaviour::Fail {
@@ -423,9 +426,6 @@ async fn requests_one_after_another_reuse_one_upstream_connection() {
             .await;
         assert_eq!(refused.status(), 400);
         mock.set("m", smart_router_tests::Behaviour::Ok);
-        // A connection whose last bytes the reader did not ask for goes back once hyper has
-        // read them, just after the answer: the next request is not raced against that.
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let peers: std::collections::HashSet<_> = mock
         .state

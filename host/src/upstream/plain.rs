@@ -60,6 +60,24 @@ struct Idle {
     swept: Option<Instant>,
 }
 
+impl Idle {
+    /// Now and then (every 30 s of use), closes the connections idle too long to every host,
+    /// those no longer asked for included, so they do not stay open for good.
+    fn sweep(&mut self, now: Instant) {
+        if self
+            .swept
+            .is_some_and(|at| now.duration_since(at) < IDLE / 3)
+        {
+            return;
+        }
+        self.swept = Some(now);
+        self.hosts.retain(|_, list| {
+            list.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE);
+            !list.is_empty()
+        });
+    }
+}
+
 impl Pool {
     /// Connections set up as reqwest sets up its own: keep-alive probes every 15 s (3 unanswered
     /// end the connection), no Nagle, `connect_timeout` to connect.
@@ -79,6 +97,7 @@ impl Pool {
     /// The most recently used open idle connection to `host`.
     fn take(&self, host: &Authority) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.sweep(Instant::now());
         let list = idle.hosts.get_mut(host)?;
         while let Some((sender, since)) = list.pop() {
             if !sender.is_closed() && since.elapsed() < IDLE {
@@ -95,18 +114,7 @@ impl Pool {
         }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        // Connections to hosts no longer asked for are not taken again: drop the expired ones
-        // now and then, so they do not stay open for good.
-        if idle
-            .swept
-            .is_none_or(|at| now.duration_since(at) >= IDLE / 3)
-        {
-            idle.swept = Some(now);
-            idle.hosts.retain(|_, list| {
-                list.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE);
-                !list.is_empty()
-            });
-        }
+        idle.sweep(now);
         let list = idle.hosts.entry(host).or_default();
         if list.len() < IDLE_PER_HOST {
             list.push((sender, now));
@@ -175,7 +183,8 @@ impl Pool {
 
 /// Where a plain-HTTP URL's requests go, worked out once per URL.
 pub(super) struct Target {
-    /// The whole URL, for the connector.
+    /// `http://` and the authority, for the connector (never the path or query, which may hold
+    /// a key).
     uri: hyper::Uri,
     /// The request target: the path and query (origin form).
     path: hyper::Uri,
@@ -231,6 +240,12 @@ pub(super) fn target(url: &str, cache: bool) -> Option<Arc<Target>> {
             .ok()?,
             _ => hyper::Uri::from_static("/"),
         };
+        let uri = hyper::Uri::builder()
+            .scheme(hyper::http::uri::Scheme::HTTP)
+            .authority(host.clone())
+            .path_and_query("/")
+            .build()
+            .ok()?;
         Some(Arc::new(Target {
             uri,
             path,
@@ -343,20 +358,20 @@ struct PlainBody {
     /// The timer, set the first time the body waits for data.
     deadline: Option<Pin<Box<Sleep>>>,
     done: bool,
-    /// The connection, back to its pool once the body has been read to the end.
+    /// The connection, back to its pool once the body has been read (see `release`).
     free: Option<(Arc<Pool>, Arc<Target>, Sender)>,
 }
 
 impl PlainBody {
-    /// Gives the connection back to the pool: at once when the body has been read to the end or
-    /// the connection is free already; otherwise once hyper has read (or drained) the rest of
-    /// the response — a stream's reader stops at its last event, before the body's end — unless
-    /// hyper closes it instead.
-    fn release(&mut self, at_end: bool) {
+    /// Gives the connection back to the pool: at once when hyper reports it free; otherwise once
+    /// hyper has read (or drained) the rest of the response — a stream's reader stops at its
+    /// last event, before the body's end — unless hyper closes it instead (an upstream that
+    /// answered early and never read the whole request, say: that connection is not reused).
+    fn release(&mut self) {
         let Some((pool, target, mut sender)) = self.free.take() else {
             return;
         };
-        if at_end || sender.is_ready() {
+        if sender.is_ready() {
             pool.put(target.host.clone(), sender);
         } else if !sender.is_closed()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
@@ -372,7 +387,7 @@ impl PlainBody {
 
 impl Drop for PlainBody {
     fn drop(&mut self) {
-        self.release(false);
+        self.release();
     }
 }
 
@@ -405,7 +420,7 @@ impl Stream for PlainBody {
                 }
                 Poll::Ready(None) => {
                     self.done = true;
-                    self.release(true);
+                    self.release();
                     return Poll::Ready(None);
                 }
                 Poll::Pending => break,
