@@ -11,8 +11,8 @@
 //! The pool does what hyper-util's does for HTTP/1: the most recently used idle connection first,
 //! a closed one never handed out, a request retried on a new connection only when it was given to
 //! a reused connection that closed before writing any of it; idle connections kept 90 s, at most
-//! 256 per host. A connection goes back to the pool when its response has been read to the end;
-//! one whose response is dropped half-read is closed by hyper.
+//! 256 per host. A connection goes back to the pool once hyper reports it free (its response read
+//! or drained to the end); one whose response is dropped half-read is closed by hyper.
 //!
 //! HTTPS upstreams (TLS, HTTP/2) go through reqwest, and so does every upstream when the
 //! environment names a proxy for plain HTTP (reqwest honours it, `NO_PROXY` included), or when
@@ -338,7 +338,8 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// An error and its causes, one line. hyper-util's errors carry no URL (which may hold a key).
+/// An error and its causes, one line. hyper's and the connector's errors carry no URL (which may
+/// hold a key).
 pub(super) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
