@@ -20,7 +20,10 @@ pub use adapter::{
     StreamOutput, StreamTranslator, Usage,
 };
 #[cfg(feature = "strategy")]
-pub use strategy::{Candidate, Health, Ranking, RequestInfo, Strategy, decimal};
+pub use strategy::{
+    Candidate, Health, Ranking, RequestInfo, Strategy, decimal, push_decimal, push_int,
+    scores_explained,
+};
 
 /// JSON support for component authors (the same `serde_json` the SDK uses).
 pub use serde_json as json;

@@ -77,21 +77,77 @@ pub fn cached_params(params: &str) -> Result<std::rc::Rc<serde_json::Value>, Str
 /// may round the other way than `{:.N}` would (`1.0005` → `"1.001"`); a value too large for that
 /// (beyond 10^17 scaled) is written in full, and a negative value that rounds to zero has no sign.
 pub fn decimal(x: f64, places: u32) -> String {
-    let scale = 10i64.pow(places.min(9));
+    let mut out = String::new();
+    push_decimal(&mut out, x, places);
+    out
+}
+
+/// [`decimal`], appended to `out`.
+pub fn push_decimal(out: &mut String, x: f64, places: u32) {
+    let places = places.min(9);
+    let scale = 10u64.pow(places);
     let scaled = (x * scale as f64).round();
     if !scaled.is_finite() || scaled.abs() >= 1e17 {
-        return format!("{x}");
+        use std::fmt::Write;
+        let _ = write!(out, "{x}");
+        return;
     }
     let n = scaled as i64;
-    let sign = if n < 0 { "-" } else { "" };
-    let (whole, frac) = (n.abs() / scale, n.abs() % scale);
-    if places == 0 {
-        return format!("{sign}{whole}");
+    if n < 0 {
+        out.push('-');
     }
-    format!(
-        "{sign}{whole}.{frac:0width$}",
-        width = places.min(9) as usize
-    )
+    push_digits(out, n.unsigned_abs() / scale, 0);
+    if places > 0 {
+        out.push('.');
+        push_digits(out, n.unsigned_abs() % scale, places as usize);
+    }
+}
+
+/// `n` in decimal, appended to `out` (a guest's `format!` runs the whole formatting machinery).
+pub fn push_int(out: &mut String, n: u64) {
+    push_digits(out, n, 0);
+}
+
+/// `n`'s digits, with leading zeros up to `width`.
+fn push_digits(out: &mut String, mut n: u64, width: usize) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for _ in buf.len() - at..width {
+        out.push('0');
+    }
+    out.extend(buf[at..].iter().map(|&d| char::from(d)));
+}
+
+/// A ranking's explanation, `id=score, id=score`, in the order given: `unit` before each score,
+/// which has `places` decimals. Built by appending, never through `format!`: at a few candidates
+/// the formatting machinery cost a guest more than the ranking itself.
+pub fn scores_explained(
+    candidates: &[Candidate],
+    ranked: impl IntoIterator<Item = (u32, f64)>,
+    unit: &str,
+    places: u32,
+) -> String {
+    let mut out = String::with_capacity(candidates.len() * 32);
+    for (k, (i, score)) in ranked.into_iter().enumerate() {
+        if k > 0 {
+            out.push_str(", ");
+        }
+        if let Some(c) = candidates.get(i as usize) {
+            out.push_str(&c.id);
+        }
+        out.push('=');
+        out.push_str(unit);
+        push_decimal(&mut out, score, places);
+    }
+    out
 }
 
 /// Exports a type that implements [`Strategy`] as this component's strategy.
@@ -140,6 +196,12 @@ mod tests {
         for x in [0.0, 1.5, 3.14259, 99.999, 12345.678] {
             assert_eq!(decimal(x, 3), format!("{x:.3}"), "{x}");
         }
+        assert_eq!(decimal(0.5, 12), "0.500000000");
+        assert_eq!(decimal(-1234.5678, 2), "-1234.57");
+        let mut s = String::from("turn ");
+        push_int(&mut s, 0);
+        push_int(&mut s, 18_446_744_073_709_551_615);
+        assert_eq!(s, "turn 018446744073709551615");
     }
 
     #[test]

@@ -11,6 +11,9 @@
 
 mod errors;
 
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+
 use smart_router_sdk::json::value::RawValue;
 use smart_router_sdk::json::{Map, Value};
 use smart_router_sdk::raw::{Members, tree};
@@ -66,6 +69,14 @@ fn value(raw: Option<&&RawValue>) -> Value {
 /// must carry the list `required` (`choices`, or `data` for embeddings). Only the top level is
 /// parsed; the choices are validated as JSON but never built.
 fn passed_through(status: u16, body: &[u8], required: &str) -> Result<ChatResponse, ProviderError> {
+    match plain_answer(body, required) {
+        Some(answer) => Ok(answer),
+        None => judged(status, body, required),
+    }
+}
+
+/// [`passed_through`]'s full path: every member read, whatever the answer holds.
+fn judged(status: u16, body: &[u8], required: &str) -> Result<ChatResponse, ProviderError> {
     let top = members(body)?;
     if top.contains_key("error") || value(top.get("object")).as_str() == Some("error") {
         return Err(errors::classify(
@@ -88,6 +99,181 @@ fn passed_through(status: u16, body: &[u8], required: &str) -> Result<ChatRespon
         },
         usage: usage_of(&value(top.get("usage"))),
     })
+}
+
+/// [`passed_through`] for the answer it nearly always gets — a JSON object with no error and the
+/// `required` list — in one pass that builds nothing: the top level's keys are borrowed, the
+/// values it does not read are only checked, and usage is read straight into the record. `None`
+/// sends the body down the full path, which judges (and words) everything else: an error, a key
+/// or an `object` written with escapes, counts that are not plain integers.
+fn plain_answer(body: &[u8], required: &str) -> Option<ChatResponse> {
+    let top = smart_router_sdk::json::from_slice::<Top<'_>>(body).ok()?;
+    let list = match required {
+        "choices" => top.choices,
+        _ => top.data,
+    };
+    if top.error || !list.is_some_and(|r| r.get().starts_with('[')) {
+        return None;
+    }
+    Some(ChatResponse {
+        // `from_utf8` checks ASCII a word at a time; the lossy form walks byte by byte.
+        body: match std::str::from_utf8(body) {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(body).into_owned(),
+        },
+        usage: top.usage.and_then(|u| u.0),
+    })
+}
+
+/// What [`plain_answer`] reads of an answer's top level. A later duplicate key wins, as in the
+/// full path's map.
+#[derive(Default)]
+struct Top<'a> {
+    /// An `error` member, or an `object` that is (or may be, written with escapes) `"error"`.
+    error: bool,
+    choices: Option<&'a RawValue>,
+    data: Option<&'a RawValue>,
+    /// `None` inside: `"usage": null`.
+    usage: Option<Counts>,
+}
+
+impl<'de> de::Deserialize<'de> for Top<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> de::Visitor<'de> for Members {
+            type Value = Top<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an answer")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Top<'de>, A::Error> {
+                let mut top = Top::default();
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    match key {
+                        "error" => {
+                            map.next_value::<IgnoredAny>()?;
+                            top.error = true;
+                        }
+                        "object" => {
+                            let v = map.next_value::<&'de RawValue>()?.get();
+                            top.error |= v == "\"error\"" || v.contains('\\');
+                        }
+                        "choices" => top.choices = Some(map.next_value()?),
+                        "data" => top.data = Some(map.next_value()?),
+                        "usage" => top.usage = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(top)
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
+
+/// An answer's `usage`, read as [`usage_of`] reads it when every count present is a plain
+/// integer (or `null`) and the details are objects (or `null`); anything else fails, and the
+/// full path reads it instead. `None`: `"usage": null`.
+struct Counts(Option<Usage>);
+
+impl<'de> de::Deserialize<'de> for Counts {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> de::Visitor<'de> for Fields {
+            type Value = Counts;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("usage")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Counts, E> {
+                Ok(Counts(None))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Counts, A::Error> {
+                let mut u = Usage {
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                    cached_tokens: 0,
+                    reasoning_tokens: 0,
+                };
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    match key {
+                        "prompt_tokens" => u.prompt_tokens = count(map.next_value()?),
+                        "completion_tokens" => u.completion_tokens = count(map.next_value()?),
+                        "prompt_tokens_details" => {
+                            u.cached_tokens = count(map.next_value::<Detail>()?.cached_tokens);
+                        }
+                        "completion_tokens_details" => {
+                            u.reasoning_tokens =
+                                count(map.next_value::<Detail>()?.reasoning_tokens);
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Counts(Some(u)))
+            }
+        }
+        d.deserialize_option(OrNull(Fields))
+    }
+}
+
+/// `null` as the unit, anything else to the inner visitor.
+struct OrNull<V>(V);
+
+impl<'de, V: de::Visitor<'de>> de::Visitor<'de> for OrNull<V> {
+    type Value = V::Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.expecting(f)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<V::Value, E> {
+        self.0.visit_unit()
+    }
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<V::Value, D::Error> {
+        d.deserialize_map(self.0)
+    }
+}
+
+/// A count as [`usage_of`] reads it: `null` is 0, and it is capped at `u32::MAX`.
+fn count(n: Option<u64>) -> u32 {
+    n.unwrap_or(0).min(u64::from(u32::MAX)) as u32
+}
+
+/// A usage details object (`null` reads as empty): the two counts read from either kind (a
+/// later duplicate wins).
+#[derive(Default)]
+struct Detail {
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+}
+
+impl<'de> de::Deserialize<'de> for Detail {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> de::Visitor<'de> for Fields {
+            type Value = Detail;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("usage details")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Detail, E> {
+                Ok(Detail::default())
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Detail, A::Error> {
+                let mut detail = Detail::default();
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    match key {
+                        "cached_tokens" => detail.cached_tokens = map.next_value()?,
+                        "reasoning_tokens" => detail.reasoning_tokens = map.next_value()?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(detail)
+            }
+        }
+        d.deserialize_option(OrNull(Fields))
+    }
 }
 
 /// OpenAI usage → the WIT record.
@@ -168,16 +354,36 @@ impl Adapter for OpenAi {
 /// client wrote them, never rebuilt, so a long prompt costs a copy rather than a parse into a
 /// tree and a serialization back.
 fn with_model(body: &str, model: &str, stream_usage: bool) -> Result<Vec<u8>, ProviderError> {
-    let bad = || {
-        ProviderError::new(
-            ErrorClass::BadRequest,
-            "the request body is not a JSON object",
-        )
-    };
-    let raw = |v: &Value| smart_router_sdk::json::value::to_raw_value(v).map_err(|_| bad());
+    // The keys are borrowed from the body unless one is written with escapes.
+    match smart_router_sdk::json::from_str::<BTreeMap<&str, &RawValue>>(body) {
+        Ok(top) => rewritten(&top, model, stream_usage),
+        Err(_) => {
+            let top: Members<'_> =
+                smart_router_sdk::json::from_str(body).map_err(|_| not_an_object())?;
+            rewritten(&top, model, stream_usage)
+        }
+    }
+}
+
+fn not_an_object() -> ProviderError {
+    ProviderError::new(
+        ErrorClass::BadRequest,
+        "the request body is not a JSON object",
+    )
+}
+
+/// [`with_model`]'s output from the body's top level: its members in key order (a later
+/// duplicate key wins), `model` and `stream_options` set.
+fn rewritten<K: Ord + Borrow<str>>(
+    top: &BTreeMap<K, &RawValue>,
+    model: &str,
+    stream_usage: bool,
+) -> Result<Vec<u8>, ProviderError> {
+    let raw =
+        |v: &Value| smart_router_sdk::json::value::to_raw_value(v).map_err(|_| not_an_object());
     let model = raw(&Value::String(model.to_string()))?;
-    let mut top: Members<'_> = smart_router_sdk::json::from_str(body).map_err(|_| bad())?;
     let options;
+    let mut members: Vec<(&str, &RawValue)> = top.iter().map(|(k, v)| (k.borrow(), *v)).collect();
     if stream_usage {
         let mut so = match value(top.get("stream_options")) {
             Value::Object(o) => o,
@@ -185,21 +391,33 @@ fn with_model(body: &str, model: &str, stream_usage: bool) -> Result<Vec<u8>, Pr
         };
         so.insert("include_usage".into(), Value::Bool(true));
         options = raw(&Value::Object(so))?;
-        top.insert("stream_options".into(), &options);
+        set(&mut members, "stream_options", &options);
     }
-    top.insert("model".into(), &model);
-    let mut out = Vec::with_capacity(body.len() + 64);
+    set(&mut members, "model", &model);
+    let body_len: usize = members
+        .iter()
+        .map(|(k, v)| k.len() + v.get().len() + 4)
+        .sum();
+    let mut out = Vec::with_capacity(body_len + 2);
     out.push(b'{');
-    for (i, (k, v)) in top.iter().enumerate() {
+    for (i, (k, v)) in members.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        smart_router_sdk::json::to_writer(&mut out, k).map_err(|_| bad())?;
+        smart_router_sdk::json::to_writer(&mut out, k).map_err(|_| not_an_object())?;
         out.push(b':');
         out.extend_from_slice(v.get().as_bytes());
     }
     out.push(b'}');
     Ok(out)
+}
+
+/// Sets `key` in members kept in key order.
+fn set<'a>(members: &mut Vec<(&'a str, &'a RawValue)>, key: &'static str, v: &'a RawValue) {
+    match members.binary_search_by(|(k, _)| (*k).cmp(key)) {
+        Ok(i) => members[i].1 = v,
+        Err(i) => members.insert(i, (key, v)),
+    }
 }
 
 /// True when a stream chunk is a JSON object that needs nothing read from it: no error, and no
@@ -387,7 +605,81 @@ export_adapter!(OpenAi);
 
 #[cfg(test)]
 mod tests {
-    use super::plain_chunk;
+    use super::{judged, plain_answer, plain_chunk, with_model};
+
+    #[test]
+    fn the_request_keeps_its_members_as_written_with_the_channels_model() {
+        let body = r#"{"stream":true,"model":"auto:x","messages":[{"role":"user","content":"caf\u00e9"}],"stream_options":{"x":1},"model":"again"}"#;
+        let out =
+            String::from_utf8(with_model(body, "gpt-4o", true).expect("object")).expect("utf-8");
+        assert_eq!(
+            out,
+            r#"{"messages":[{"role":"user","content":"caf\u00e9"}],"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true,"x":1}}"#
+        );
+        // A key written with escapes takes the owned path, to the same result.
+        let escaped = r#"{"\u006dodel":"auto:x","max_tokens":5}"#;
+        let out =
+            String::from_utf8(with_model(escaped, "m", false).expect("object")).expect("utf-8");
+        assert_eq!(out, r#"{"max_tokens":5,"model":"m"}"#);
+        assert!(with_model("[1]", "m", false).is_err());
+        assert!(with_model("{} x", "m", false).is_err());
+    }
+
+    #[test]
+    fn ordinary_answers_take_the_one_pass_path_and_read_as_the_full_path_reads_them() {
+        let ordinary = [
+            r#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi \"there\""},"finish_reason":"stop"}],"usage":{"prompt_tokens":8,"completion_tokens":9,"total_tokens":17}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":3,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":7}}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens_details":null,"completion_tokens":null,"prompt_tokens":99999999999}}"#,
+            r#"{"choices":[],"usage":null}"#,
+            r#" { "choices" : [ ] , "choices": [1], "usage": {"prompt_tokens": 1, "prompt_tokens": 2} } "#,
+            r#"{"data":[{"embedding":[0.1]}],"usage":{"prompt_tokens":2}}"#,
+        ];
+        for body in ordinary {
+            let required = if body.contains("\"data\"") {
+                "data"
+            } else {
+                "choices"
+            };
+            let fast = plain_answer(body.as_bytes(), required).expect(body);
+            let full = judged(200, body.as_bytes(), required).expect(body);
+            assert_eq!(fast.body, full.body);
+            assert_eq!(
+                format!("{:?}", fast.usage),
+                format!("{:?}", full.usage),
+                "{body}"
+            );
+        }
+        // Whatever the one pass is unsure of goes to the full path.
+        for body in [
+            r#"{"error":{"message":"overloaded"}}"#,
+            r#"{"object":"error","message":"boom"}"#,
+            r#"{"object":"\u0065rror","choices":[]}"#,
+            r#"{"\u0063hoices":[]}"#,
+            r#"{"choices":{}}"#,
+            r#"{"id":"c"}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":1.0}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":-1}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens_details":[1]}}"#,
+            r#"{"choices":[],"usage":7}"#,
+            r#"[{"choices":[]}]"#,
+            r#"{"choices":[]} trailing"#,
+            r#"{"choices":[{"message":"cut"#,
+        ] {
+            assert!(plain_answer(body.as_bytes(), "choices").is_none(), "{body}");
+        }
+        // And reads them as before: a float count as 0, an error classified.
+        let u = judged(
+            200,
+            br#"{"choices":[],"usage":{"prompt_tokens":1.0,"completion_tokens":2}}"#,
+            "choices",
+        )
+        .expect("answer")
+        .usage
+        .expect("usage");
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (0, 2));
+        assert!(judged(200, br#"{"object":"error","message":"boom"}"#, "choices").is_err());
+    }
 
     #[test]
     fn only_chunks_with_nothing_to_read_skip_the_parse() {

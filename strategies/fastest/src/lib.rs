@@ -43,7 +43,7 @@ impl Strategy for Fastest {
                 .total_cmp(&score(y))
                 .then(x.priority.cmp(&y.priority))
         });
-        Ok(Ranking::new(order).explained(format!("by {metric}")))
+        Ok(Ranking::new(order).explained(["by ", metric].concat()))
     }
 }
 

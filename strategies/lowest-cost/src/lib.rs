@@ -7,7 +7,9 @@
 //! group is good enough.
 
 use smart_router_sdk::json::Value;
-use smart_router_sdk::{Candidate, Ranking, RequestInfo, Strategy, decimal, export_strategy};
+use smart_router_sdk::{
+    Candidate, Ranking, RequestInfo, Strategy, export_strategy, scores_explained,
+};
 
 struct LowestCost;
 
@@ -43,17 +45,12 @@ impl Strategy for LowestCost {
                 )
                 .then(x.priority.cmp(&y.priority))
         });
-        let why = order
-            .iter()
-            .map(|&i| {
-                format!(
-                    "{}=${}",
-                    candidates[i as usize].id,
-                    decimal(cost(&candidates[i as usize]), 6)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let why = scores_explained(
+            candidates,
+            order.iter().map(|&i| (i, cost(&candidates[i as usize]))),
+            "$",
+            6,
+        );
         Ok(Ranking::new(order).explained(why))
     }
 }

@@ -4,7 +4,7 @@
 //! predictably (each key of a pool gets its share).
 
 use smart_router_sdk::json::Value;
-use smart_router_sdk::{Candidate, Ranking, RequestInfo, Strategy, export_strategy};
+use smart_router_sdk::{Candidate, Ranking, RequestInfo, Strategy, export_strategy, push_int};
 
 struct RoundRobin;
 
@@ -49,7 +49,9 @@ impl Strategy for RoundRobin {
                 c.consecutive_failures > 0,
             )
         });
-        Ok(Ranking::new(order).explained(format!("turn {}", request.sequence)))
+        let mut why = String::from("turn ");
+        push_int(&mut why, request.sequence);
+        Ok(Ranking::new(order).explained(why))
     }
 }
 

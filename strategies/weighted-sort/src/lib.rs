@@ -19,7 +19,9 @@
 //! `in_flight`). Use it when several signals matter at once: "free first, then fastest".
 
 use smart_router_sdk::json::Value;
-use smart_router_sdk::{Candidate, Ranking, RequestInfo, Strategy, decimal, export_strategy};
+use smart_router_sdk::{
+    Candidate, Ranking, RequestInfo, Strategy, export_strategy, scores_explained,
+};
 
 struct WeightedSort;
 
@@ -187,17 +189,13 @@ impl Strategy for WeightedSort {
             by_keys.then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3))
         });
         let order: Vec<u32> = rows.iter().map(|r| r.0).collect();
-        let explanation = rows
-            .iter()
-            .map(|r| {
-                format!(
-                    "{}={}",
-                    candidates[r.0 as usize].id,
-                    decimal(r.1.first().copied().unwrap_or(0.0), 3)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let explanation = scores_explained(
+            candidates,
+            rows.iter()
+                .map(|r| (r.0, r.1.first().copied().unwrap_or(0.0))),
+            "",
+            3,
+        );
         Ok(Ranking::new(order).explained(explanation))
     }
 }
