@@ -2,7 +2,7 @@
 //! EWMAs, tokens per second, success rate over a rolling window, requests in flight, the daily
 //! request quota and cooldowns.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 

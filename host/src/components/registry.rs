@@ -1,6 +1,6 @@
 //! Loading component files and the set of loaded components.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::path::Path;
 use std::sync::Arc;
 

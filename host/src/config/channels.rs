@@ -1,7 +1,7 @@
 //! Channels: defined in `providers.yaml`, named (or, in the brief's form, created) by groups, and
 //! their settings merged — a setting given twice with different values is an error.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use super::files::ChannelEntry;

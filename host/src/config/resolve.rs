@@ -1,6 +1,8 @@
 //! Turns the parsed files into a validated [`Config`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +26,11 @@ pub fn resolve(
 ) -> Result<Config, ConfigError> {
     let system = system(dir, system_file)?;
     let mut warnings = Vec::new();
-    let mut providers = HashMap::new();
+    let mut providers = HashMap::default();
     let mut channels: Vec<Channel> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut index: HashMap<String, usize> = HashMap::default();
     // Why each provider's channels are out of rotation, if they are.
-    let mut provider_off: HashMap<String, Option<String>> = HashMap::new();
+    let mut provider_off: HashMap<String, Option<String>> = HashMap::default();
 
     for (name, entry) in providers_file.providers {
         let at = |field: &str| format!("providers.{name}.{field}");

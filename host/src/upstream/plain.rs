@@ -18,7 +18,7 @@
 //! environment names a proxy for plain HTTP (reqwest honours it, `NO_PROXY` included), or when
 //! its URL is one only reqwest's URL parser takes (it normalises what `http::Uri` refuses).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -294,7 +294,7 @@ pub(super) async fn send(
     };
     match (&req.auth, key) {
         (Auth::Bearer, Some(key)) => {
-            headers.insert(AUTHORIZATION, secret(&format!("Bearer {key}"))?);
+            headers.insert(AUTHORIZATION, secret(&["Bearer ", key].concat())?);
         }
         (Auth::Header(name), Some(key)) => {
             let name = HeaderName::from_bytes(name.as_bytes())
