@@ -107,7 +107,9 @@ fn judged(status: u16, body: &[u8], required: &str) -> Result<ChatResponse, Prov
 /// sends the body down the full path, which judges (and words) everything else: an error, a key
 /// or an `object` written with escapes, counts that are not plain integers.
 fn plain_answer(body: &[u8], required: &str) -> Option<ChatResponse> {
-    let top = smart_router_sdk::json::from_slice::<Top<'_>>(body).ok()?;
+    // Skipped members are not checked for UTF-8 by the parse; the full path refuses it.
+    let text = std::str::from_utf8(body).ok()?;
+    let top = smart_router_sdk::json::from_str::<Top<'_>>(text).ok()?;
     let list = match required {
         "choices" => top.choices,
         _ => top.data,
@@ -116,11 +118,7 @@ fn plain_answer(body: &[u8], required: &str) -> Option<ChatResponse> {
         return None;
     }
     Some(ChatResponse {
-        // `from_utf8` checks ASCII a word at a time; the lossy form walks byte by byte.
-        body: match std::str::from_utf8(body) {
-            Ok(text) => text.to_owned(),
-            Err(_) => String::from_utf8_lossy(body).into_owned(),
-        },
+        body: text.to_owned(),
         usage: top.usage.and_then(|u| u.0),
     })
 }
@@ -207,7 +205,7 @@ impl<'de> de::Deserialize<'de> for Counts {
                                 count(map.next_value::<Detail>()?.reasoning_tokens);
                         }
                         _ => {
-                            map.next_value::<IgnoredAny>()?;
+                            map.next_value::<Checked>()?;
                         }
                     }
                 }
@@ -265,7 +263,7 @@ impl<'de> de::Deserialize<'de> for Detail {
                         "cached_tokens" => detail.cached_tokens = map.next_value()?,
                         "reasoning_tokens" => detail.reasoning_tokens = map.next_value()?,
                         _ => {
-                            map.next_value::<IgnoredAny>()?;
+                            map.next_value::<Checked>()?;
                         }
                     }
                 }
@@ -273,6 +271,51 @@ impl<'de> de::Deserialize<'de> for Detail {
             }
         }
         d.deserialize_option(OrNull(Fields))
+    }
+}
+
+/// Any value, checked as building it would check it (the full path builds `usage`): escapes
+/// must make whole characters and numbers must be finite, where [`IgnoredAny`] only skips.
+struct Checked;
+
+impl<'de> de::Deserialize<'de> for Checked {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Checked)
+    }
+}
+
+impl<'de> de::Visitor<'de> for Checked {
+    type Value = Checked;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_key::<Checked>()?.is_some() {
+            map.next_value::<Checked>()?;
+        }
+        Ok(Checked)
     }
 }
 
@@ -668,6 +711,29 @@ mod tests {
         ] {
             assert!(plain_answer(body.as_bytes(), "choices").is_none(), "{body}");
         }
+        // The full path builds `usage`, which refuses a lone surrogate or an infinite number
+        // anywhere in it, and reads no usage; the one pass leaves such a body to it.
+        for body in [
+            r#"{"choices":[],"usage":{"prompt_tokens":1,"note":"\ud800"}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":1,"cost":1e400}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens_details":{"x":["\udc00"]}}}"#,
+            r#"{"choices":[],"usage":{"completion_tokens_details":{"x":-1e999}}}"#,
+        ] {
+            assert!(plain_answer(body.as_bytes(), "choices").is_none(), "{body}");
+            let full = judged(200, body.as_bytes(), "choices").expect(body);
+            assert!(full.usage.is_none(), "{body}");
+        }
+        // Not UTF-8 in a member the one pass skips: the full path refuses it.
+        let latin1 = b"{\"choices\":[],\"note\":\"caf\xe9\"}";
+        assert!(plain_answer(latin1, "choices").is_none());
+        assert!(judged(200, latin1, "choices").is_err());
+        // Escapes that do make characters, and large finite numbers, stay on the one pass.
+        let fine = r#"{"choices":[],"usage":{"prompt_tokens":4,"note":"caf\u00e9 \ud83d\ude00","cost":1.5e300}}"#;
+        let u = plain_answer(fine.as_bytes(), "choices")
+            .expect(fine)
+            .usage
+            .expect("usage");
+        assert_eq!(u.prompt_tokens, 4);
         // And reads them as before: a float count as 0, an error classified.
         let u = judged(
             200,
