@@ -237,10 +237,13 @@ http {{
         ticks_of = lambda t: tree_ticks(ngx.pid) if t == "nginx" else cpu_ticks(serving[t].pid)
         for r in range(args.rounds):
             row = {}
-            # Each round starts one target further along, so no row always runs right after the
-            # same neighbour (a machine whose speed drifts favours whichever runs at a good time).
+            # Each round starts one target further along, and every other round runs backwards,
+            # so no row always runs right after the same neighbour (a machine whose speed drifts
+            # favours whichever runs at a good time, and a gateway still writing the usage of its
+            # last run takes CPU from the next row).
             shift = r % len(targets)
-            for t in targets[shift:] + targets[:shift]:
+            order = targets[shift:] + targets[:shift]
+            for t in order[::-1] if r % 2 else order:
                 before, ngx_before = cpu_ticks(gw.pid), tree_ticks(ngx.pid)
                 one = wrk(t, 1, args.seconds, work)
                 c64_before = ticks_of(t) if t in c64_ticks else 0
