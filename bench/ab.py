@@ -48,7 +48,7 @@ for r in range(ROUNDS):
     if r%2: order=order[::-1]
     for n in order:
         port,p=gws[n]; t0=ticks(p.pid)
-        out=subprocess.run(["wrk","-t2",f"-c{CONNS}",f"-d{SECS}s","-s",f"{work}/post.lua",f"http://127.0.0.1:{port}/v1/chat/completions"],capture_output=True,text=True).stdout
+        out=subprocess.run(["wrk",f"-t{min(2,CONNS)}",f"-c{CONNS}",f"-d{SECS}s","-s",f"{work}/post.lua",f"http://127.0.0.1:{port}/v1/chat/completions"],capture_output=True,text=True).stdout
         t1=ticks(p.pid); reqs=int(re.search(r"(\d+) requests in",out).group(1)); rps=float(re.search(r"Requests/sec:\s+([\d.]+)",out).group(1))
         res[n].append((rps,(t1-t0)*1e6/os.sysconf("SC_CLK_TCK")/reqs))
     print("round",r+1," ".join(f"{n}:{res[n][-1][0]:.0f}/{res[n][-1][1]:.1f}" for n in names),flush=True)

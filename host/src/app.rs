@@ -321,7 +321,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
-    let router = crate::server::router(app.clone(), max_body);
+    let gateway = crate::server::Gateway::new(app.clone(), max_body);
     let connections = app.connections.clone();
     let (shutdown, stop) = oneshot::channel::<()>();
     let (hurry, sooner) = oneshot::channel::<()>();
@@ -338,7 +338,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
                 std::future::pending::<()>().await;
             }
         };
-        crate::server::serve(listener, router, header_timeout, connections, stop, sooner).await;
+        crate::server::serve(listener, gateway, header_timeout, connections, stop, sooner).await;
     });
     tracing::info!(workers, %addr, "smart-router listening");
     Ok(Running {

@@ -348,7 +348,9 @@ pub async fn attempt(
         return Err(att.provider_failed(perr, status).await);
     }
     if scope.facts.is_stream {
-        return stream::start(att, session, ctx, resp, guard).await;
+        // Boxed: inline, its state (about 3.5 KB) would make every attempt's future that much
+        // larger, and every request would copy it on the way in.
+        return Box::pin(stream::start(att, session, ctx, resp, guard)).await;
     }
     let waiting = Instant::now();
     let body = tokio::select! {

@@ -27,6 +27,65 @@ use crate::app::App;
 use auth::Caller;
 use error::ApiError;
 
+/// What every connection is served by. A chat or embeddings request (`POST`, no `Origin`
+/// header: every SDK and server-side client) goes straight to its handler; everything else —
+/// other routes, browsers' requests with their CORS headers, preflights — goes through
+/// [`router`]. The router's layers cost about as much again as the handler's own host-side work
+/// on a small request (a boxed service cloned for each layer, a boxed body, a boxed future per
+/// layer), and these requests need none of them: the body limit and the extractors are the
+/// same ones, in the same order.
+#[derive(Clone)]
+pub struct Gateway {
+    router: Router,
+    app: Arc<App>,
+    max_body: usize,
+}
+
+impl Gateway {
+    pub fn new(app: Arc<App>, max_body_bytes: usize) -> Self {
+        Self {
+            router: router(app.clone(), max_body_bytes),
+            app,
+            max_body: max_body_bytes,
+        }
+    }
+}
+
+type Direct = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+>;
+
+impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Gateway {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        futures_util::future::Either<Direct, axum::routing::future::RouteFuture<Self::Error>>;
+
+    fn call(&self, req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        use crate::router::Endpoint;
+        let endpoint = match req.uri().path() {
+            "/v1/chat/completions" | "/chat/completions" => Some(Endpoint::Chat),
+            "/v1/embeddings" | "/embeddings" => Some(Endpoint::Embeddings),
+            _ => None,
+        };
+        match endpoint {
+            Some(endpoint)
+                if req.method() == axum::http::Method::POST
+                    && !req.headers().contains_key(axum::http::header::ORIGIN) =>
+            {
+                let (app, max_body) = (self.app.clone(), self.max_body);
+                futures_util::future::Either::Left(Box::pin(async move {
+                    Ok(chat::direct(app, req, endpoint, max_body).await)
+                }))
+            }
+            _ => futures_util::future::Either::Right(tower_service::Service::call(
+                &mut self.router.clone(),
+                req,
+            )),
+        }
+    }
+}
+
 /// The gateway's routes; shared by `main` and the tests.
 pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
     Router::new()

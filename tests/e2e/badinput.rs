@@ -71,3 +71,136 @@ async fn too_many_headers_and_oversized_bodies_are_refused() {
         200
     );
 }
+
+/// One request of [`the_direct_path_and_the_router_answer_alike`], and the status it gets.
+struct Case {
+    what: &'static str,
+    path: &'static str,
+    key: Option<&'static str>,
+    header: Option<(&'static str, &'static str)>,
+    body: Vec<u8>,
+    status: u16,
+}
+
+/// Chat and embeddings requests from SDKs go straight to their handlers; a browser's (with an
+/// `Origin`) go through the router and its CORS layer. Both must answer alike, bad input
+/// included.
+#[tokio::test]
+async fn the_direct_path_and_the_router_answer_alike() {
+    let gw = gateway().await;
+    let ok = json!({"model": "mock-small", "messages": [{"role": "user", "content": "hi"}]});
+    let big = json!({"model": "mock-small", "messages": [{"role": "user", "content": "x".repeat(100_000)}]});
+    let send = |case: &Case, origin: bool| {
+        let mut req = gw
+            .client
+            .post(gw.url(case.path))
+            .header("content-type", "application/json")
+            .body(case.body.clone());
+        if let Some(k) = case.key {
+            req = req.bearer_auth(k);
+        }
+        if let Some((name, value)) = case.header {
+            req = req.header(name, value);
+        }
+        if origin {
+            req = req.header("origin", "http://page.example");
+        }
+        req.send()
+    };
+    let case = |what, path, key, body: &Value, status| Case {
+        what,
+        path,
+        key,
+        header: None,
+        body: serde_json::to_vec(body).expect("json"),
+        status,
+    };
+    let chat = "/v1/chat/completions";
+    let cases = [
+        case("answered", chat, Some(KEY), &ok, 200),
+        case("unprefixed path", "/chat/completions", Some(KEY), &ok, 200),
+        case("no key", chat, None, &ok, 401),
+        case("wrong key", chat, Some("sk-wrong"), &ok, 401),
+        Case {
+            header: Some(("x-client-request-id", "a\tb")),
+            ..case("bad client id", chat, Some(KEY), &ok, 400)
+        },
+        case("too large", chat, Some(KEY), &big, 413),
+        Case {
+            body: b"{nope".to_vec(),
+            ..case("not JSON", chat, Some(KEY), &ok, 400)
+        },
+        case(
+            "embeddings, no such model",
+            "/v1/embeddings",
+            Some(KEY),
+            &json!({"model": "nope", "input": "hi"}),
+            404,
+        ),
+    ];
+    for c in &cases {
+        let (what, status) = (c.what, c.status);
+        let direct = send(c, false).await.expect("send");
+        let routed = send(c, true).await.expect("send");
+        assert_eq!(direct.status().as_u16(), status, "{what}: direct");
+        assert_eq!(
+            routed.status().as_u16(),
+            status,
+            "{what}: through the router"
+        );
+        assert!(
+            !direct.headers().contains_key("access-control-allow-origin"),
+            "{what}"
+        );
+        assert!(
+            routed.headers().contains_key("access-control-allow-origin"),
+            "{what}"
+        );
+        let (a, b): (Value, Value) = (
+            direct.json().await.expect("json"),
+            routed.json().await.expect("json"),
+        );
+        if status == 200 {
+            assert_eq!(a["object"], "chat.completion", "{what}");
+            assert_eq!(b["object"], "chat.completion", "{what}");
+        } else {
+            assert_eq!(a["error"]["type"], b["error"]["type"], "{what}: {a} {b}");
+            assert_eq!(a["error"]["code"], b["error"]["code"], "{what}: {a} {b}");
+            assert_eq!(
+                a["error"]["message"], b["error"]["message"],
+                "{what}: {a} {b}"
+            );
+        }
+    }
+}
+
+/// A body sent in chunks, with no length announced, is held to the same limit on the direct path.
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_is_refused() {
+    let gw = gateway().await;
+    let addr = gw.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.expect("write");
+    let chunk = "x".repeat(40_000);
+    for _ in 0..2 {
+        let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+        // The gateway may answer and close before the second chunk is taken.
+        if conn.write_all(framed.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = conn.write_all(b"0\r\n\r\n").await;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+        .await
+        .expect("answered")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("request_too_large"), "{text}");
+}

@@ -32,7 +32,7 @@ pub async fn completions(
         endpoint: Endpoint::Chat,
         cache,
     };
-    serve(app, caller, client_id, body, ask).await
+    serve(app, caller, client_id, body.map_err(BodyError::from), ask).await
 }
 
 pub async fn embeddings(
@@ -46,7 +46,55 @@ pub async fn embeddings(
         endpoint: Endpoint::Embeddings,
         cache,
     };
-    serve(app, caller, client_id, body, ask).await
+    serve(app, caller, client_id, body.map_err(BodyError::from), ask).await
+}
+
+/// [`completions`] or [`embeddings`] straight from the connection, without the router's layers
+/// (see [`super::Gateway`]): the same extractors in the same order, the same body limit, the
+/// same answers.
+pub async fn direct(
+    app: Arc<App>,
+    req: axum::http::Request<hyper::body::Incoming>,
+    endpoint: Endpoint,
+    max_body: usize,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let caller = match Caller::from_request_parts(&mut parts, &app).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let client_id = match ClientRequestId::from_request_parts(&mut parts, &()).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(CacheControl(cache)) = CacheControl::from_request_parts(&mut parts, &()).await;
+    let body = {
+        use http_body_util::BodyExt;
+        match http_body_util::Limited::new(body, max_body).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+            Err(e) => Err(BodyError::Unreadable(e.to_string())),
+        }
+    };
+    serve(app, caller, client_id, body, Ask { endpoint, cache }).await
+}
+
+/// Why the request body could not be read.
+pub enum BodyError {
+    /// Larger than `server.max_body_bytes`.
+    TooLarge,
+    /// The connection failed mid-body, or its framing was invalid.
+    Unreadable(String),
+}
+
+impl From<BytesRejection> for BodyError {
+    fn from(e: BytesRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            BodyError::TooLarge
+        } else {
+            BodyError::Unreadable(e.to_string())
+        }
+    }
 }
 
 /// What the client asked for besides its body: the API, and what the answer cache may do.
@@ -115,7 +163,7 @@ async fn serve(
     app: Arc<App>,
     caller: Caller,
     ClientRequestId(client): ClientRequestId,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, BodyError>,
     ask: Ask,
 ) -> Response {
     Counters::bump(&app.counters.requests);
@@ -159,18 +207,15 @@ async fn serve(
 async fn handle(
     app: &Arc<App>,
     caller: Caller,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, BodyError>,
     ids: Ids<'_>,
     ask: Ask,
     allowances: &mut [Option<Allowance>; 2],
 ) -> Result<Response, ApiError> {
     let t0 = std::time::Instant::now();
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("request_too_large"), "The request body is larger than the gateway accepts (system.yaml server.max_body_bytes).")
-        } else {
-            ApiError::invalid(format!("Could not read the request body: {e}"))
-        }
+    let body = body.map_err(|e| match e {
+        BodyError::TooLarge => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("request_too_large"), "The request body is larger than the gateway accepts (system.yaml server.max_body_bytes)."),
+        BodyError::Unreadable(e) => ApiError::invalid(format!("Could not read the request body: {e}")),
     })?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("The request body is not valid UTF-8."))?;

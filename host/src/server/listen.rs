@@ -19,11 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -208,12 +206,12 @@ where
     }
 }
 
-/// Serves `router` on `listener` with one serving thread per entry of `connections` until
+/// Serves `gateway` on `listener` with one serving thread per entry of `connections` until
 /// `stop` resolves with the grace period, then drains: returns once every in-flight request and
 /// stream has finished, or been cut off when the grace period ran out or `sooner` resolved.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    gateway: super::Gateway,
     header_timeout: Duration,
     connections: Connections,
     stop: impl std::future::Future<Output = Duration>,
@@ -226,7 +224,7 @@ pub async fn serve(
         let n = i + 1;
         let (tx, rx) = mpsc::unbounded_channel();
         let (finished, finish) = oneshot::channel::<()>();
-        let router = router.clone();
+        let gateway = gateway.clone();
         let cutoff = Arc::new(Cutoff::default());
         cutoffs.push(cutoff.clone());
         let spawned = std::thread::Builder::new()
@@ -238,7 +236,7 @@ pub async fn serve(
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(run_worker(rx, router, header_timeout, cutoff)),
+                    Ok(rt) => rt.block_on(run_worker(rx, gateway, header_timeout, cutoff)),
                     Err(e) => tracing::error!("serving thread {n} cannot start a runtime: {e}"),
                 }
                 let _ = finished.send(());
@@ -323,7 +321,7 @@ pub async fn serve(
 /// One serving thread: takes connections until the acceptor stops, then drains its own.
 async fn run_worker(
     mut conns: mpsc::UnboundedReceiver<(std::net::TcpStream, Counted)>,
-    router: Router,
+    gateway: super::Gateway,
     header_timeout: Duration,
     cutoff: Arc<Cutoff>,
 ) {
@@ -357,8 +355,7 @@ async fn run_worker(
                 continue;
             }
         };
-        let service = TowerToHyperService::new(router.clone());
-        let conn = builder.serve_connection(TokioIo::new(tcp), service);
+        let conn = builder.serve_connection(TokioIo::new(tcp), gateway.clone());
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
