@@ -28,6 +28,8 @@ pub struct Counters {
     /// Requests answered from the answer cache, and requests it applied to but could not answer.
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    /// Batches of file changes the watcher checked (configuration or components).
+    pub reloads: AtomicU64,
     /// Time a request spent in the gateway itself: total minus waiting on upstreams.
     pub overhead: crate::metrics::Histogram,
 }

@@ -102,7 +102,9 @@ pub fn watch(app: Arc<App>) -> notify::Result<notify::RecommendedWatcher> {
     let cfg = app.config.load();
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res {
+        if let Ok(event) = res
+            && changes(&event.kind)
+        {
             for p in event.paths {
                 let _ = tx.send(p);
             }
@@ -139,8 +141,22 @@ pub fn watch(app: Arc<App>) -> notify::Result<notify::RecommendedWatcher> {
     Ok(watcher)
 }
 
+/// Whether an event can mean a file changed. A file only opened, read or closed unwritten has
+/// not: reacting to those, a gateway that reads a changed file to check it wakes itself (or, with
+/// another gateway watching the same folder, the two wake each other) and reads every component
+/// again and again, for good.
+fn changes(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// Applies one batch of changed paths.
 fn apply(app: &App, components_dir: &Path, changed: BTreeSet<PathBuf>) {
+    crate::app::Counters::bump(&app.counters.reloads);
     let mut config_changed = false;
     let mut comps = (**app.components.load()).clone();
     let mut comps_changed = false;

@@ -226,6 +226,11 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             "Upstream attempts that failed.",
             &c.upstream_failures,
         ),
+        (
+            "smart_router_reloads_total",
+            "Batches of configuration or component file changes the watcher checked.",
+            &c.reloads,
+        ),
     ];
     for (name, help, v) in counters {
         sample(&mut out, name, "counter", help, v.load(Ordering::Relaxed));

@@ -161,3 +161,52 @@ async fn config_reloads_and_swaps_under_load_never_half_apply() {
         "the inconsistent states were refused"
     );
 }
+
+/// Two gateways watching one components folder (two instances on one host, or the old and the
+/// new one during a deploy). Reading a component file to check it is not a change: neither
+/// gateway's checks may wake the other's watcher, or the two re-read every component several
+/// times a second, for good.
+#[tokio::test]
+async fn gateways_sharing_a_components_folder_do_not_wake_each_other() {
+    let mock = MockUpstream::start().await;
+    let a = Gateway::builder()
+        .providers(&one_provider(&mock.base_url(), &["m"]))
+        .start()
+        .await;
+    let shared = a.config.join("components");
+    let b = Gateway::builder()
+        .providers(&one_provider(&mock.base_url(), &["m"]))
+        .system(&format!("components_dir: {}\n", shared.display()))
+        .start()
+        .await;
+    // The same bytes written again: both gateways see the file replaced and check it.
+    let file = shared.join("strategies/priority.wasm");
+    let bytes = std::fs::read(&file).expect("read");
+    a.write_atomic(&file, &bytes);
+    assert!(
+        a.eventually(Duration::from_secs(5), || async {
+            reloads(&a).await >= 1 && reloads(&b).await >= 1
+        })
+        .await,
+        "both gateways checked the replaced file"
+    );
+    // Then quiet: a batch waits at most 0.6 s, so 2 s without a change must see no new one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = (reloads(&a).await, reloads(&b).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = (reloads(&a).await, reloads(&b).await);
+    assert_eq!(before, after, "no checks while nothing changes");
+    let served = a
+        .chat(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(served.status(), 200);
+}
+
+/// `smart_router_reloads_total` from the gateway's `/metrics`.
+async fn reloads(gw: &Gateway) -> u64 {
+    let text = gw.get_text("/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("smart_router_reloads_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("smart_router_reloads_total")
+}
