@@ -116,38 +116,64 @@ pub(super) trait Instantiated {
     fn store(&self) -> &Store<CallState>;
 }
 
-/// Idle instances of one component, kept for reuse, at most `max`. Past [`KEEP_IDLE`], the ones
-/// left unused for [`IDLE_FOR`] are dropped as others come back, so a burst of concurrent streams
-/// does not hold its instances' memory for good.
+/// Idle instances of one component, kept for reuse, at most `max` for each serving thread. Past
+/// [`KEEP_IDLE`], the ones left unused for [`IDLE_FOR`] are dropped as others come back, so a
+/// burst of concurrent streams does not hold its instances' memory for good.
+///
+/// Each serving thread keeps its own list and takes from another's only when its own is empty:
+/// an instance stays with the thread (and so, mostly, the core) whose caches hold its memory and
+/// stack, and the two threads do not pass one lock's cache line back and forth six times a
+/// request.
 pub(super) struct IdlePool<T> {
-    /// Most recently returned last, with when.
-    items: std::sync::Mutex<Vec<(T, std::time::Instant)>>,
+    /// One list per serving thread (see [`slot`]), most recently returned last, with when.
+    slots: [Padded<IdleList<T>>; SLOTS],
     max: usize,
     /// Instances created for this component: flat under a steady load when the pool is large
     /// enough (`/metrics` shows it).
     created: AtomicU64,
 }
 
-/// Idle instances every component may keep however long they wait.
+/// One thread's idle instances of a component, most recently returned last, with when.
+type IdleList<T> = std::sync::Mutex<Vec<(T, std::time::Instant)>>;
+
+/// Idle instances every component may keep however long they wait (per serving thread).
 pub(super) const KEEP_IDLE: usize = 16;
+/// Lists of idle instances per component: serving threads past the seventh share them.
+const SLOTS: usize = 8;
+
+/// A value alone on its cache lines (two, as the adjacent-line prefetcher pairs them), so one
+/// thread's list does not share a line with the next one's.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// The list this thread keeps its idle instances in: 0 off the serving threads.
+fn slot() -> usize {
+    crate::server::current_worker() % SLOTS
+}
 /// How long an idle instance past [`KEEP_IDLE`] is kept unused.
 const IDLE_FOR: Duration = Duration::from_secs(30);
 
 impl<T: Instantiated> IdlePool<T> {
     pub fn new(max: usize) -> Self {
         IdlePool {
-            items: std::sync::Mutex::new(Vec::new()),
+            slots: std::array::from_fn(|_| Padded(std::sync::Mutex::new(Vec::new()))),
             max,
             created: AtomicU64::new(0),
         }
     }
 
+    /// This thread's most recently returned instance; else another thread's.
     pub fn take(&self) -> Option<T> {
-        self.items
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .map(|(item, _)| item)
+        let own = slot();
+        let pop = |i: usize| {
+            self.slots[i]
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .map(|(item, _)| item)
+        };
+        pop(own).or_else(|| (1..SLOTS).find_map(|k| pop((own + k) % SLOTS)))
     }
 
     /// Counts an instance created because none was idle.
@@ -168,7 +194,10 @@ impl<T: Instantiated> IdlePool<T> {
         let now = std::time::Instant::now();
         let mut stale = Vec::new();
         {
-            let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            let mut items = self.slots[slot()]
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if items.len() < self.max {
                 items.push((item, now));
             } else {
