@@ -150,6 +150,7 @@ struct Padded<T>(T);
 fn slot() -> usize {
     crate::server::current_worker() % SLOTS
 }
+
 /// How long an idle instance past [`KEEP_IDLE`] is kept unused.
 const IDLE_FOR: Duration = Duration::from_secs(30);
 
