@@ -24,6 +24,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 use crate::app::App;
+use crate::router::Endpoint;
 use auth::Caller;
 use error::ApiError;
 
@@ -31,8 +32,8 @@ use error::ApiError;
 /// header: every SDK and server-side client) goes straight to its handler; everything else —
 /// other routes, browsers' requests with their CORS headers, preflights — goes through
 /// [`router`]. These requests need none of the router's layers (a boxed service cloned for each
-/// layer, a boxed body, a boxed future per layer: about 20 allocations a request); the body
-/// limit and the extractors are the same ones, in the same order.
+/// layer, a boxed body, a boxed future per layer: about 20 allocations a request); the router's
+/// chat and embeddings routes call the same handler, [`chat::direct`].
 #[derive(Clone)]
 pub struct Gateway {
     router: Router,
@@ -61,11 +62,13 @@ impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Gat
         futures_util::future::Either<Direct, axum::routing::future::RouteFuture<Self::Error>>;
 
     fn call(&self, req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
-        use crate::router::Endpoint;
-        let endpoint = match req.uri().path() {
-            "/v1/chat/completions" | "/chat/completions" => Some(Endpoint::Chat),
-            "/v1/embeddings" | "/embeddings" => Some(Endpoint::Embeddings),
-            _ => None,
+        let path = req.uri().path();
+        let endpoint = if chat::CHAT_PATHS.contains(&path) {
+            Some(Endpoint::Chat)
+        } else if chat::EMBEDDINGS_PATHS.contains(&path) {
+            Some(Endpoint::Embeddings)
+        } else {
+            None
         };
         match endpoint {
             Some(endpoint)
@@ -87,11 +90,23 @@ impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Gat
 
 /// The gateway's routes; shared by `main` and the tests.
 pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(chat::completions))
-        .route("/chat/completions", post(chat::completions))
-        .route("/v1/embeddings", post(chat::embeddings))
-        .route("/embeddings", post(chat::embeddings))
+    let mut routes = Router::new();
+    for (paths, endpoint) in [
+        (chat::CHAT_PATHS, Endpoint::Chat),
+        (chat::EMBEDDINGS_PATHS, Endpoint::Embeddings),
+    ] {
+        for path in paths {
+            routes = routes.route(
+                path,
+                post(
+                    move |State(app): State<Arc<App>>, req: axum::extract::Request| {
+                        chat::direct(app, req, endpoint, max_body_bytes)
+                    },
+                ),
+            );
+        }
+    }
+    routes
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .route("/v1/models/{*id}", get(model))

@@ -8,6 +8,12 @@ use smart_router_tests::Gateway;
 use smart_router_tests::gateway::KEY;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A raw TCP connection to the gateway, for requests no HTTP client would send.
+async fn raw(gw: &Gateway) -> tokio::net::TcpStream {
+    let addr = gw.base.trim_start_matches("http://");
+    tokio::net::TcpStream::connect(addr).await.expect("connect")
+}
+
 async fn gateway() -> Gateway {
     Gateway::builder()
         .providers("providers:\n  mock:\n    adapter: openai\n    base_url: mock://\n    channels: [{model: mock-small}]\n")
@@ -19,10 +25,7 @@ async fn gateway() -> Gateway {
 #[tokio::test]
 async fn a_slowloris_client_is_cut_off_and_others_are_served() {
     let gw = gateway().await;
-    let addr = gw.base.trim_start_matches("http://").to_string();
-    let mut slow = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
+    let mut slow = raw(&gw).await;
     slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: 1")
         .await
         .expect("write");
@@ -178,10 +181,7 @@ async fn the_direct_path_and_the_router_answer_alike() {
 #[tokio::test]
 async fn a_chunked_body_over_the_limit_is_refused() {
     let gw = gateway().await;
-    let addr = gw.base.trim_start_matches("http://").to_string();
-    let mut conn = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
+    let mut conn = raw(&gw).await;
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     );

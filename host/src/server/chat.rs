@@ -4,8 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,43 +20,19 @@ use crate::server::CarryOn;
 use crate::stats::now_ms;
 use crate::store::UsageRecord;
 
-pub async fn completions(
-    State(app): State<Arc<App>>,
-    caller: Caller,
-    client_id: ClientRequestId,
-    CacheControl(cache): CacheControl,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let ask = Ask {
-        endpoint: Endpoint::Chat,
-        cache,
-    };
-    serve(app, caller, client_id, body.map_err(BodyError::from), ask).await
-}
-
-pub async fn embeddings(
-    State(app): State<Arc<App>>,
-    caller: Caller,
-    client_id: ClientRequestId,
-    CacheControl(cache): CacheControl,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let ask = Ask {
-        endpoint: Endpoint::Embeddings,
-        cache,
-    };
-    serve(app, caller, client_id, body.map_err(BodyError::from), ask).await
-}
-
-/// [`completions`] or [`embeddings`] straight from the connection, without the router's layers
-/// (see [`super::Gateway`]): the same extractors in the same order, the same body limit, the
-/// same answers.
-pub async fn direct(
+/// `POST` to one of [`CHAT_PATHS`] or [`EMBEDDINGS_PATHS`], from the connection straight (see
+/// [`super::Gateway`]) or through the router (a browser's request, with its CORS layer): the
+/// key, the client's request id, its `Cache-Control`, then the body up to `max_body` bytes.
+pub async fn direct<B>(
     app: Arc<App>,
-    req: axum::http::Request<hyper::body::Incoming>,
+    req: axum::http::Request<B>,
     endpoint: Endpoint,
     max_body: usize,
-) -> Response {
+) -> Response
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (mut parts, body) = req.into_parts();
     let caller = match Caller::from_request_parts(&mut parts, &app).await {
         Ok(c) => c,
@@ -72,30 +47,24 @@ pub async fn direct(
         use http_body_util::BodyExt;
         match http_body_util::Limited::new(body, max_body).collect().await {
             Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
-            Err(e) => Err(BodyError::Unreadable(e.to_string())),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                Some("request_too_large"),
+                "The request body is larger than the gateway accepts (system.yaml server.max_body_bytes).",
+            )),
+            Err(e) => Err(ApiError::invalid(format!(
+                "Could not read the request body: {e}"
+            ))),
         }
     };
     serve(app, caller, client_id, body, Ask { endpoint, cache }).await
 }
 
-/// Why the request body could not be read.
-pub enum BodyError {
-    /// Larger than `server.max_body_bytes`.
-    TooLarge,
-    /// The connection failed mid-body, or its framing was invalid.
-    Unreadable(String),
-}
-
-impl From<BytesRejection> for BodyError {
-    fn from(e: BytesRejection) -> Self {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            BodyError::TooLarge
-        } else {
-            BodyError::Unreadable(e.to_string())
-        }
-    }
-}
+/// The chat API's paths, with and without the `/v1` prefix.
+pub const CHAT_PATHS: [&str; 2] = ["/v1/chat/completions", "/chat/completions"];
+/// The embeddings API's paths, with and without the `/v1` prefix.
+pub const EMBEDDINGS_PATHS: [&str; 2] = ["/v1/embeddings", "/embeddings"];
 
 /// What the client asked for besides its body: the API, and what the answer cache may do.
 #[derive(Clone, Copy)]
@@ -163,7 +132,7 @@ async fn serve(
     app: Arc<App>,
     caller: Caller,
     ClientRequestId(client): ClientRequestId,
-    body: Result<Bytes, BodyError>,
+    body: Result<Bytes, ApiError>,
     ask: Ask,
 ) -> Response {
     Counters::bump(&app.counters.requests);
@@ -207,16 +176,13 @@ async fn serve(
 async fn handle(
     app: &Arc<App>,
     caller: Caller,
-    body: Result<Bytes, BodyError>,
+    body: Result<Bytes, ApiError>,
     ids: Ids<'_>,
     ask: Ask,
     allowances: &mut [Option<Allowance>; 2],
 ) -> Result<Response, ApiError> {
     let t0 = std::time::Instant::now();
-    let body = body.map_err(|e| match e {
-        BodyError::TooLarge => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", Some("request_too_large"), "The request body is larger than the gateway accepts (system.yaml server.max_body_bytes)."),
-        BodyError::Unreadable(e) => ApiError::invalid(format!("Could not read the request body: {e}")),
-    })?;
+    let body = body?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("The request body is not valid UTF-8."))?;
     let facts = request_facts(text, ask.endpoint)?;
