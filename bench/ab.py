@@ -4,13 +4,13 @@ bench's request through the `weighted-sort` strategy and the `openai` adapter fr
 components folder, wrk drives them in turn (the order rotates and reverses every round), and
 the CPU time each gateway process spent is divided by the requests it served.
     python3 bench/ab.py ROUNDS SECONDS NAME=BINARY:COMPONENTS_DIR ...
-    CONNS=1 python3 bench/ab.py 8 4 new=target/release/smart-router:config/components \
+    CONNS=1 BIG=1 python3 bench/ab.py 8 4 new=target/release/smart-router:config/components \
         old=/tmp/old/smart-router:/tmp/old/components
-Prints each round and the medians (requests per second, CPU µs per request). Needs wrk
+CONNS sets the connections (64), BIG=1 sends bench/run.py's 31 KB conversation. Prints each round and the medians (requests per second, CPU µs per request). Needs wrk
 (`bench/run.py` installs it). Use it to tell a change from the machine's drift; `bench/run.py`
 is the full side-by-side measurement.
 """
-import subprocess, os, sys, time, re, statistics, tempfile, http.client
+import subprocess, os, sys, time, re, statistics, tempfile, http.client, json
 if len(sys.argv) < 5:
     raise SystemExit(__doc__)
 ROUNDS=int(sys.argv[1]); SECS=int(sys.argv[2]); CONNS=int(os.environ.get("CONNS","64"))
@@ -36,7 +36,11 @@ for i,(name,spec) in enumerate(specs):
     p=subprocess.Popen([binp,"serve","--config",cfg,"--listen",f"127.0.0.1:{port}","--database",f"sqlite://{work}/{name}.db","--component-cache",f"{work}/cache-{name}"],env=env,stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)
     procs.append(p); gws[name]=(port,p)
 for name,(port,p) in gws.items(): wait(port)
-open(f"{work}/post.lua","w").write('wrk.method="POST"\nwrk.body=\'{"model":"auto:bench","messages":[{"role":"user","content":"hello"}]}\'\nwrk.headers["Content-Type"]="application/json"\nwrk.headers["Authorization"]="Bearer sk-bench"\n')
+# BIG=1: bench/run.py's 31 KB conversation (a system prompt and 40 turns) instead of one line.
+body={"model":"auto:bench","messages":[{"role":"user","content":"hello"}]}
+if os.environ.get("BIG")=="1":
+    body["messages"]=[{"role":"system","content":"You are a helpful assistant. "*40}]+[{"role":"user" if i%2==0 else "assistant","content":"Here is some context about the WebAssembly component model and routing; "*10+str(i)} for i in range(40)]
+open(f"{work}/post.lua","w").write(f'wrk.method="POST"\nwrk.body={json.dumps(json.dumps(body))}\nwrk.headers["Content-Type"]="application/json"\nwrk.headers["Authorization"]="Bearer sk-bench"\n')
 def ticks(pid):
     f=open(f"/proc/{pid}/stat").read().rsplit(")",1)[1].split(); return int(f[11])+int(f[12])
 res={n:[] for n in gws}

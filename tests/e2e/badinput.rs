@@ -204,3 +204,74 @@ async fn a_chunked_body_over_the_limit_is_refused() {
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(text.contains("request_too_large"), "{text}");
 }
+
+/// Sends `pieces` as the chunks of one request's body, each written on its own so the gateway
+/// reads them apart, and returns the whole answer (the request asks the connection be closed).
+async fn chunked(gw: &Gateway, pieces: &[&[u8]]) -> String {
+    let mut conn = raw(gw).await;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.expect("write");
+    for piece in pieces {
+        let mut framed = format!("{:x}\r\n", piece.len()).into_bytes();
+        framed.extend_from_slice(piece);
+        framed.extend_from_slice(b"\r\n");
+        conn.write_all(&framed).await.expect("write");
+        conn.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    conn.write_all(b"0\r\n\r\n").await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf))
+        .await
+        .expect("answered")
+        .expect("read");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The body's text is taken from however many reads it came in: a character split between two
+/// of them is whole, and bytes that are not UTF-8 are refused in one piece or in several.
+#[tokio::test]
+async fn a_body_in_several_reads_is_one_text_and_bad_utf8_is_refused() {
+    let gw = gateway().await;
+    let body =
+        r#"{"model": "mock-small", "messages": [{"role": "user", "content": "café au lait"}]}"#;
+    let at = body.find('é').expect("é") + 1; // inside the two bytes of `é`
+    let (a, b) = body.as_bytes().split_at(at);
+    let (b, c) = b.split_at(b.len() / 2);
+    let answer = chunked(&gw, &[a, b, c]).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("chat.completion"), "{answer}");
+
+    // Latin-1's `é`, a byte that starts no UTF-8 character here.
+    let bad = [
+        br#"{"model": "mock-small", "messages": [{"role": "user", "content": "caf"#.as_slice(),
+        &[0xe9],
+        br#""}]}"#,
+    ]
+    .concat();
+    let answer = chunked(&gw, &[&bad[..20], &bad[20..]]).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("invalid_request_error"), "{answer}");
+    assert!(answer.contains("not valid UTF-8"), "{answer}");
+
+    let resp = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(bad.to_vec())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.expect("json");
+    assert_eq!(err["error"]["type"], "invalid_request_error");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not valid UTF-8")),
+        "{err}"
+    );
+}

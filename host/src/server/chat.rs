@@ -182,10 +182,12 @@ async fn handle(
     allowances: &mut [Option<Allowance>; 2],
 ) -> Result<Response, ApiError> {
     let t0 = std::time::Instant::now();
-    let body = body?;
-    let text = std::str::from_utf8(&body)
+    // The body as text, kept for the attempts: taken over without a copy when the collected
+    // body owns its buffer alone (a body that came in several reads: a 31 KB conversation was
+    // copied once more here, on every request).
+    let text = String::from_utf8(Vec::from(body?))
         .map_err(|_| ApiError::invalid("The request body is not valid UTF-8."))?;
-    let facts = request_facts(text, ask.endpoint)?;
+    let facts = request_facts(&text, ask.endpoint)?;
     let started = now_ms();
     if !caller.may_use(&facts.model) {
         let e = ApiError::new(
@@ -201,7 +203,12 @@ async fn handle(
     // An answer already given to this key for this very body: no provider, no tokens, no cost.
     let cache = (cfg.cache_ttl_secs(&facts.model))
         .filter(|_| ask.cache != Directive::Bypass)
-        .map(|ttl| (Cache::key(&caller.key_id, ask.endpoint, &body), ttl));
+        .map(|ttl| {
+            (
+                Cache::key(&caller.key_id, ask.endpoint, text.as_bytes()),
+                ttl,
+            )
+        });
     // Held until this request's answer is stored: identical ones that arrive meanwhile wait
     // for it rather than each going to a provider.
     let mut _leading = None;
@@ -270,7 +277,7 @@ async fn handle(
         comps,
         group: plan.group.clone(),
         facts,
-        body: text.to_string(),
+        body: text,
         request_id: ids.request.to_string(),
         client_request_id: ids.client.map(str::to_string),
         key_id: caller.key_id,
