@@ -6,7 +6,8 @@ the CPU time each gateway process spent is divided by the requests it served.
     python3 bench/ab.py ROUNDS SECONDS NAME=BINARY:COMPONENTS_DIR ...
     CONNS=1 BIG=1 python3 bench/ab.py 8 4 new=target/release/smart-router:config/components \
         old=/tmp/old/smart-router:/tmp/old/components
-CONNS sets the connections (64), BIG=1 sends bench/run.py's 31 KB conversation. Prints each round and the medians (requests per second, CPU µs per request). Needs wrk
+CONNS sets the connections (64); BIG=1 sends bench/run.py's 31 KB conversation instead of one
+line. Prints each round and the medians (requests per second, CPU µs per request). Needs wrk
 (`bench/run.py` installs it). Use it to tell a change from the machine's drift; `bench/run.py`
 is the full side-by-side measurement.
 """

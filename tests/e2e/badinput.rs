@@ -256,15 +256,7 @@ async fn a_body_in_several_reads_is_one_text_and_bad_utf8_is_refused() {
     assert!(answer.contains("invalid_request_error"), "{answer}");
     assert!(answer.contains("not valid UTF-8"), "{answer}");
 
-    let resp = gw
-        .client
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(KEY)
-        .header("content-type", "application/json")
-        .body(bad.to_vec())
-        .send()
-        .await
-        .expect("send");
+    let resp = gw.chat_raw(bad).await;
     assert_eq!(resp.status(), 400);
     let err: Value = resp.json().await.expect("json");
     assert_eq!(err["error"]["type"], "invalid_request_error");

@@ -196,13 +196,14 @@ impl Gateway {
         self.post("/v1/chat/completions", body).await
     }
 
-    /// `POST /v1/chat/completions` with the master key and `body` sent exactly as written.
-    pub async fn chat_raw(&self, body: &str) -> reqwest::Response {
+    /// `POST /v1/chat/completions` with the master key and `body` sent exactly as written (text,
+    /// or bytes that need not be UTF-8).
+    pub async fn chat_raw(&self, body: impl Into<Vec<u8>>) -> reqwest::Response {
         self.client
             .post(self.url("/v1/chat/completions"))
             .bearer_auth(KEY)
             .header("content-type", "application/json")
-            .body(body.to_string())
+            .body(body.into())
             .send()
             .await
             .expect("request")
