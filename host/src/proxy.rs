@@ -410,19 +410,26 @@ pub async fn attempt(
     }
 }
 
-/// The budgets an attempt on `channel` spends from: the key's, the group's, the channel's.
+/// The budgets an attempt on `channel` spends from that have a limit: the key's, the group's, the
+/// channel's. The others are never held against, so they are not listed (nor their owners' names
+/// copied) — with no budget configured, nothing is built.
 fn budgets_of(scope: &RequestScope, channel: &Channel) -> Vec<(Owner, Limits)> {
-    let mut out = vec![(Owner::Key(scope.key_id.clone()), scope.key_budget)];
-    if let Some(g) = scope.group.as_ref().and_then(|g| scope.cfg.groups.get(g)) {
+    let mut out = Vec::new();
+    if !scope.key_budget.is_empty() {
+        out.push((Owner::Key(scope.key_id.clone()), scope.key_budget));
+    }
+    if let Some(g) = scope.group.as_ref().and_then(|g| scope.cfg.groups.get(g))
+        && !g.budget.is_empty()
+    {
         out.push((Owner::Group(g.name.clone()), g.budget));
     }
-    out.push((
-        Owner::Channel(channel.id.clone()),
-        Limits {
-            daily_micros: None,
-            monthly_micros: channel.monthly_cost_limit_micros,
-        },
-    ));
+    let limits = Limits {
+        daily_micros: None,
+        monthly_micros: channel.monthly_cost_limit_micros,
+    };
+    if !limits.is_empty() {
+        out.push((Owner::Channel(channel.id.clone()), limits));
+    }
     out
 }
 

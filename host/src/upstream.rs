@@ -150,7 +150,24 @@ impl Upstream {
         {
             return plain::send(pool, target, method, req, headers, provider, first_byte).await;
         }
-        let url = if keyed {
+        // Its own, boxed future: inline, reqwest's state (about 2 KB) would make every request's
+        // future that much larger, plain-HTTP ones included, and be copied with it.
+        Box::pin(self.send_reqwest(provider, req, headers, method, url, first_byte)).await
+    }
+
+    /// [`Self::send`] through reqwest: HTTPS, a proxy from the environment, a URL only reqwest's
+    /// parser takes.
+    async fn send_reqwest(
+        &self,
+        provider: &Provider,
+        req: HttpRequest,
+        headers: hyper::HeaderMap,
+        method: reqwest::Method,
+        url: String,
+        first_byte: Duration,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let key = provider.api_key.as_ref().map(|k| k.expose());
+        let url = if matches!(req.auth, Auth::Query(_)) {
             reqwest::Url::parse(&url).map_err(|e| e.to_string())
         } else {
             parsed(&url)
@@ -262,17 +279,21 @@ fn validate(req: &HttpRequest) -> Result<hyper::HeaderMap, UpstreamError> {
     {
         return bad("the path must be a plain path starting with `/`".into());
     }
-    let mut headers = hyper::HeaderMap::with_capacity(req.headers.len());
+    // Room for the headers the host adds (`Host`, `Accept`, the key's), so the map is allocated
+    // once rather than grown on the way out.
+    let mut headers = hyper::HeaderMap::with_capacity(req.headers.len() + 3);
     for (name, value) in &req.headers {
-        let lower = name.to_ascii_lowercase();
         let auth_header = matches!(&req.auth, Auth::Header(h) if h.eq_ignore_ascii_case(name));
-        if FORBIDDEN.contains(&lower.as_str()) || auth_header {
+        // A parsed name is in lower case.
+        let parsed = hyper::header::HeaderName::from_bytes(name.as_bytes());
+        if auth_header
+            || parsed
+                .as_ref()
+                .is_ok_and(|n| FORBIDDEN.contains(&n.as_str()))
+        {
             return bad(format!("header `{name}` is set by the host"));
         }
-        match (
-            hyper::header::HeaderName::from_bytes(name.as_bytes()),
-            hyper::header::HeaderValue::from_str(value),
-        ) {
+        match (parsed, hyper::header::HeaderValue::from_str(value)) {
             (Ok(name), Ok(value)) => {
                 headers.append(name, value);
             }

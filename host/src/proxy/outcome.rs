@@ -1,7 +1,7 @@
 //! How an attempt ends: its usage row, the channel's live statistics, cooldowns, and the decision
 //! between failing over and answering the client.
 
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 
 use super::errors::{class_name, client_error, redact};
@@ -19,20 +19,25 @@ pub(super) const SHUTDOWN: &str = "shutdown";
 impl Attempt {
     /// Adds the gateway's response headers.
     pub fn tag(&self, response: &mut Response) {
+        // Names made from constants: a name given as text is parsed, and copied, on every insert.
+        const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+        const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-client-request-id");
+        const CHANNEL: HeaderName = HeaderName::from_static("x-smart-router-channel");
+        const CACHE: HeaderName = HeaderName::from_static("x-smart-router-cache");
         let headers = response.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&self.scope.request_id) {
-            headers.insert("x-request-id", v);
+            headers.insert(REQUEST_ID, v);
         }
         if let Some(v) =
             (self.scope.client_request_id.as_deref()).and_then(|c| HeaderValue::from_str(c).ok())
         {
-            headers.insert("x-client-request-id", v);
+            headers.insert(CLIENT_REQUEST_ID, v);
         }
         if let Ok(v) = HeaderValue::from_str(&self.channel.id) {
-            headers.insert("x-smart-router-channel", v);
+            headers.insert(CHANNEL, v);
         }
         if self.scope.cache.is_some() {
-            headers.insert("x-smart-router-cache", HeaderValue::from_static("miss"));
+            headers.insert(CACHE, HeaderValue::from_static("miss"));
         }
     }
 

@@ -235,9 +235,20 @@ async fn insert(
 
 /// `INSERT … VALUES ($1, …, $21), ($22, …), …` for `rows` rows — with plain `?` on SQLite, whose
 /// driver looks numbered parameters up by name one by one (quadratic in a big statement).
+///
+/// On SQLite it is `INSERT OR FAIL`: a plain multi-row `INSERT` whose `NOT NULL` columns could
+/// abort it keeps a statement journal, a copy of every page the statement changes, so that an
+/// abort can undo the statement's rows alone. Here any failure rolls the whole transaction back
+/// (and [`write`] retries the batch), so that copy is never used. Instructions inside
+/// `sqlite3_step` per row, this table and its indexes (callgrind): 0.958x the plain `INSERT`'s
+/// with 32 rows a transaction, 0.974x with 1,024.
 fn insert_sql(rows: usize, backend: super::Backend) -> String {
-    let mut sql = String::from(
-        "INSERT INTO usage (request_id, attempt, created_at_ms, key_id, requested_model, group_name, channel_id, provider, \
+    let mut sql = String::from(match backend {
+        super::Backend::Sqlite => "INSERT OR FAIL",
+        super::Backend::Postgres => "INSERT",
+    });
+    sql.push_str(
+        " INTO usage (request_id, attempt, created_at_ms, key_id, requested_model, group_name, channel_id, provider, \
          upstream_model, is_stream, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_micros, \
          latency_ms, ttft_ms, status, outcome, error_class, error_message, endpoint, client_request_id) VALUES ",
     );

@@ -59,31 +59,32 @@ fn parse_field(name: &str) -> Result<Field, String> {
     })
 }
 
-fn criteria(params: &Value) -> Result<Vec<Criterion>, String> {
-    let Some(list) = params.get("routing_strategy") else {
-        return Ok(vec![
-            Criterion {
-                field: Field::Cost,
-                ascending: true,
-                weight: 1.0,
-            },
-            Criterion {
-                field: Field::Speed,
-                ascending: false,
-                weight: 0.5,
-            },
-            Criterion {
-                field: Field::SuccessRate,
-                ascending: false,
-                weight: 0.5,
-            },
-            Criterion {
-                field: Field::Priority,
-                ascending: true,
-                weight: 0.3,
-            },
-        ]);
-    };
+/// The criteria when the group sets none.
+const DEFAULT_CRITERIA: [Criterion; 4] = [
+    Criterion {
+        field: Field::Cost,
+        ascending: true,
+        weight: 1.0,
+    },
+    Criterion {
+        field: Field::Speed,
+        ascending: false,
+        weight: 0.5,
+    },
+    Criterion {
+        field: Field::SuccessRate,
+        ascending: false,
+        weight: 0.5,
+    },
+    Criterion {
+        field: Field::Priority,
+        ascending: true,
+        weight: 0.3,
+    },
+];
+
+/// The group's `routing_strategy` list.
+fn criteria(list: &Value) -> Result<Vec<Criterion>, String> {
     let list = list.as_array().ok_or("routing_strategy must be a list")?;
     list.iter()
         .map(|entry| {
@@ -128,71 +129,85 @@ fn value(field: Field, c: &Candidate) -> Option<f64> {
     }
 }
 
-/// Scores in 0..1 for one criterion, 1 = best.
-fn scores(criterion: &Criterion, candidates: &[Candidate]) -> Vec<f64> {
-    let values: Vec<Option<f64>> = candidates
-        .iter()
-        .map(|c| value(criterion.field, c))
-        .collect();
-    let known = values.iter().flatten();
-    let (min, max) = known.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(*v), hi.max(*v))
-    });
-    values
-        .iter()
-        .map(|v| match v {
-            Some(v) if max > min => {
-                let t = (v - min) / (max - min);
-                if criterion.ascending { 1.0 - t } else { t }
-            }
-            _ => 0.5,
-        })
-        .collect()
+/// `criterion`'s score in 0..1 for a candidate whose value is `v`, 1 = best, given the range of
+/// the known values.
+fn score(criterion: &Criterion, v: Option<f64>, (min, max): (f64, f64)) -> f64 {
+    match v {
+        Some(v) if max > min => {
+            let t = (v - min) / (max - min);
+            if criterion.ascending { 1.0 - t } else { t }
+        }
+        _ => 0.5,
+    }
 }
 
 impl Strategy for WeightedSort {
+    /// Every candidate's keys in one flat list, and the order as a sorted list of indices: a
+    /// handful of allocations per call whatever the number of criteria (each one is a call into
+    /// the guest's allocator, and a ranking of a few candidates is otherwise only arithmetic).
     fn rank(
         request: &RequestInfo,
         candidates: &[Candidate],
         params: &Value,
     ) -> Result<Ranking, String> {
-        let criteria = criteria(params)?;
+        let configured;
+        let criteria: &[Criterion] = match params.get("routing_strategy") {
+            Some(list) => {
+                configured = criteria(list)?;
+                &configured
+            }
+            None => &DEFAULT_CRITERIA,
+        };
         let lexicographic = params.get("mode").and_then(Value::as_str) == Some("lexicographic");
-        let per_criterion: Vec<Vec<f64>> = criteria.iter().map(|c| scores(c, candidates)).collect();
+        let n = candidates.len();
+        // Lexicographic: one key per criterion, compared in turn. Weighted: one key, the sum of
+        // the weighted scores, added in the criteria's order from -0.0 (as `Iterator::sum`).
+        let width = if lexicographic { criteria.len() } else { 1 };
+        let mut keys = vec![if lexicographic { 0.0 } else { -0.0 }; n * width];
+        for (k, criterion) in criteria.iter().enumerate() {
+            let range = candidates
+                .iter()
+                .filter_map(|c| value(criterion.field, c))
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                    (lo.min(v), hi.max(v))
+                });
+            for (i, c) in candidates.iter().enumerate() {
+                let s = score(criterion, value(criterion.field, c), range);
+                if lexicographic {
+                    keys[i * width + k] = s;
+                } else {
+                    keys[i] += criterion.weight * s;
+                }
+            }
+        }
         let mut tiebreak = request.random | 1;
-        let mut rows: Vec<(u32, Vec<f64>, u32, u64)> = (0..candidates.len())
-            .map(|i| {
+        let ties: Vec<u64> = (0..n)
+            .map(|_| {
                 tiebreak ^= tiebreak << 13;
                 tiebreak ^= tiebreak >> 7;
                 tiebreak ^= tiebreak << 17;
-                let keys = if lexicographic {
-                    per_criterion.iter().map(|s| s[i]).collect()
-                } else {
-                    vec![
-                        criteria
-                            .iter()
-                            .zip(&per_criterion)
-                            .map(|(c, s)| c.weight * s[i])
-                            .sum(),
-                    ]
-                };
-                (i as u32, keys, candidates[i].priority, tiebreak)
+                tiebreak
             })
             .collect();
-        rows.sort_by(|a, b| {
-            let by_keys =
-                a.1.iter()
-                    .zip(&b.1)
-                    .map(|(x, y)| y.total_cmp(x))
-                    .find(|o| o.is_ne())
-                    .unwrap_or(std::cmp::Ordering::Equal);
-            by_keys.then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3))
+        let keys_of = |i: usize| &keys[i * width..(i + 1) * width];
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_by(|&a, &b| {
+            let (a, b) = (a as usize, b as usize);
+            let by_keys = keys_of(a)
+                .iter()
+                .zip(keys_of(b))
+                .map(|(x, y)| y.total_cmp(x))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal);
+            by_keys
+                .then(candidates[a].priority.cmp(&candidates[b].priority))
+                .then(ties[a].cmp(&ties[b]))
         });
-        let order: Vec<u32> = rows.iter().map(|r| r.0).collect();
         let explanation = scores_explained(
             candidates,
-            rows.iter()
-                .map(|r| (r.0, r.1.first().copied().unwrap_or(0.0))),
+            order
+                .iter()
+                .map(|&i| (i, keys_of(i as usize).first().copied().unwrap_or(0.0))),
             "",
             3,
         );
