@@ -97,7 +97,7 @@ fn test(root: &Path, extra: &[String]) -> Result<(), String> {
         .output()
         .is_ok_and(|o| o.status.success());
     // The SDK's own unit tests (its helpers run natively as well as in guests), and the built-in
-    // adapters' where they have some.
+    // adapters' and strategies' where they have some.
     run_cmd(cargo().current_dir(root).args([
         "test",
         "--release",
@@ -108,6 +108,8 @@ fn test(root: &Path, extra: &[String]) -> Result<(), String> {
         "adapter-openai",
         "-p",
         "adapter-anthropic",
+        "-p",
+        "strategy-weighted-sort",
         "--features",
         "smart-router-sdk/strategy,smart-router-sdk/adapter",
     ]))?;

@@ -216,3 +216,111 @@ impl Strategy for WeightedSort {
 }
 
 export_strategy!(WeightedSort);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smart_router_sdk::Health;
+    use smart_router_sdk::strategy::bindings::smart_router::gateway::types::Endpoint;
+
+    fn candidate(id: &str, cost: f64, latency_ms: f64, priority: u32) -> Candidate {
+        Candidate {
+            id: id.into(),
+            provider: "p".into(),
+            model: id.into(),
+            priority,
+            weight: 1.0,
+            input_cost_per_1k: cost,
+            output_cost_per_1k: cost,
+            effective_cost: cost,
+            context_length: None,
+            latency_ms: Some(latency_ms),
+            ttft_ms: None,
+            tokens_per_second: None,
+            success_rate: 1.0,
+            in_flight: 0,
+            consecutive_failures: 0,
+            quota_remaining: None,
+            quota_remaining_requests: None,
+            health: Health::Healthy,
+        }
+    }
+
+    fn ranked(params: &str, candidates: &[Candidate]) -> Result<Ranking, String> {
+        let request = RequestInfo {
+            model: "g".into(),
+            estimated_prompt_tokens: 10,
+            max_output_tokens: None,
+            is_stream: false,
+            needs_tools: false,
+            needs_vision: false,
+            needs_json: false,
+            now_ms: 0,
+            random: 7,
+            sequence: 0,
+            endpoint: Endpoint::Chat,
+        };
+        let params = smart_router_sdk::json::from_str(params).expect("json");
+        WeightedSort::rank(&request, candidates, &params)
+    }
+
+    fn rank(params: &str, candidates: &[Candidate]) -> (Vec<u32>, String) {
+        let r = ranked(params, candidates).expect("ranks");
+        (r.order, r.explanation.unwrap_or_default())
+    }
+
+    /// A free, slow channel and a paid, fast one: the weights decide between them, and the
+    /// lexicographic mode takes the first field that differs, whatever the weights.
+    #[test]
+    fn weights_and_modes_decide_between_cost_and_speed() {
+        let c = [
+            candidate("free-slow", 0.0, 2000.0, 1),
+            candidate("paid-fast", 0.01, 100.0, 1),
+        ];
+        let speed_heavy = r#"{"routing_strategy":[{"field":"cost","weight":0.1},{"field":"latency","weight":1.0}]}"#;
+        assert_eq!(
+            rank(speed_heavy, &c),
+            (vec![1, 0], "paid-fast=1.000, free-slow=0.100".to_string())
+        );
+        let cost_heavy = r#"{"routing_strategy":[{"field":"cost","weight":1.0},{"field":"latency","weight":0.1}]}"#;
+        assert_eq!(rank(cost_heavy, &c).0, vec![0, 1]);
+        let lexicographic = r#"{"mode":"lexicographic","routing_strategy":[{"field":"cost","weight":0.1},{"field":"latency","weight":1.0}]}"#;
+        assert_eq!(
+            rank(lexicographic, &c),
+            (vec![0, 1], "free-slow=1.000, paid-fast=0.000".to_string())
+        );
+        // Equal on the first field: the second decides.
+        let three = [
+            candidate("free-slow", 0.0, 2000.0, 1),
+            candidate("free-fast", 0.0, 100.0, 1),
+            candidate("paid-fastest", 0.01, 50.0, 1),
+        ];
+        assert_eq!(
+            rank(lexicographic, &three),
+            (
+                vec![1, 0, 2],
+                "free-fast=1.000, free-slow=1.000, paid-fastest=0.000".to_string()
+            )
+        );
+        // No parameters: cost first.
+        assert_eq!(rank("{}", &c).0, vec![0, 1]);
+    }
+
+    /// Equal scores fall back to priority; a bad list is an error, not a guess.
+    #[test]
+    fn ties_go_to_priority_and_bad_parameters_are_refused() {
+        let c = [
+            candidate("backup", 0.0, 100.0, 2),
+            candidate("main", 0.0, 100.0, 1),
+            candidate("paid", 0.02, 100.0, 1),
+        ];
+        assert_eq!(rank("{}", &c).0, vec![1, 0, 2]);
+        let err = ranked(r#"{"routing_strategy":[{"field":"nope"}]}"#, &c)
+            .map(|r| r.order)
+            .expect_err("unknown field");
+        assert!(
+            err.contains("unknown routing_strategy field `nope`"),
+            "{err}"
+        );
+    }
+}
