@@ -3,11 +3,12 @@
 bench's request through the `weighted-sort` strategy and the `openai` adapter from its own
 components folder, wrk drives them in turn (the order rotates and reverses every round), and
 the CPU time each gateway process spent is divided by the requests it served.
-    python3 bench/ab.py ROUNDS SECONDS NAME=BINARY:COMPONENTS_DIR ...
+    python3 bench/ab.py ROUNDS SECONDS NAME=BINARY:COMPONENTS_DIR[:IDLE_SPIN_US] ...
     CONNS=1 BIG=1 python3 bench/ab.py 8 4 new=target/release/smart-router:config/components \
         old=/tmp/old/smart-router:/tmp/old/components
-CONNS sets the connections (64); BIG=1 sends bench/run.py's 31 KB conversation instead of one
-line. Prints each round and the medians (requests per second, CPU µs per request). Needs wrk
+IDLE_SPIN_US, when given, goes in that build's system.yaml as `server.idle_spin_us` (so a build
+can be measured against itself with spinning off). CONNS sets the connections (64); BIG=1 sends
+bench/run.py's 31 KB conversation instead of one line. Prints each round and the medians (requests per second, CPU µs per request). Needs wrk
 (`bench/run.py` installs it). Use it to tell a change from the machine's drift; `bench/run.py`
 is the full side-by-side measurement.
 """
@@ -27,11 +28,12 @@ def wait(port):
     raise SystemExit(f"no {port}")
 gws={}
 for i,(name,spec) in enumerate(specs):
-    binp,comps=(os.path.abspath(x) for x in spec.split(":"))
+    parts=spec.split(":"); binp,comps=(os.path.abspath(x) for x in parts[:2])
     cfg=f"{work}/{name}"; os.makedirs(cfg)
     open(f"{cfg}/providers.yaml","w").write(f"providers:\n  bench:\n    adapter: openai\n    base_url: http://127.0.0.1:{MOCK}/v1\n    api_key: sk-upstream\n    channels:\n      - {{model: bench-a}}\n      - {{model: bench-b, input_cost_per_1k: 0.001}}\n")
     open(f"{cfg}/model_groups.yaml","w").write("model_groups:\n  auto:bench:\n    strategy: weighted-sort\n    channels: [{channel: bench/bench-a}, {channel: bench/bench-b}]\n")
-    open(f"{cfg}/system.yaml","w").write(f"components_dir: {comps}\n")
+    spin=f"server: {{idle_spin_us: {parts[2]}}}\n" if len(parts)>2 else ""
+    open(f"{cfg}/system.yaml","w").write(f"components_dir: {comps}\n{spin}")
     port=19310+i
     env={**os.environ,"SMART_ROUTER_MASTER_KEY":"sk-bench","SMART_ROUTER_LOG":"warn"}
     p=subprocess.Popen([binp,"serve","--config",cfg,"--listen",f"127.0.0.1:{port}","--database",f"sqlite://{work}/{name}.db","--component-cache",f"{work}/cache-{name}"],env=env,stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)

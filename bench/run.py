@@ -10,7 +10,10 @@ both ways.
 `--baseline` adds a row for another build of the gateway (an earlier commit, say), started the
 same way and measured in the same rounds: the honest way to tell whether a change helped on a
 machine whose speed drifts. `--baseline-components DIR` gives it that build's components (its
-checkout's `config/components`), so component changes are compared too.
+checkout's `config/components`), so component changes are compared too. `--baseline-system YAML`
+appends YAML to the baseline's system.yaml: `--baseline target/release/smart-router
+--baseline-system 'server: {idle_spin_us: 0}'` measures this build against itself with a setting
+changed.
 
 Needs `cargo xtask build` first. Installs wrk and nginx with apt when missing. Prints a table and
 writes JSON to bench/results/. Every process runs on 127.0.0.1.
@@ -143,6 +146,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--baseline", help="another smart-router binary to measure alongside")
     ap.add_argument("--baseline-components", help="the baseline's components folder (default: the same as the gateway's)")
+    ap.add_argument("--baseline-system", help="YAML appended to the baseline's system.yaml")
     args = ap.parse_args()
     if not os.path.exists(BIN):
         raise SystemExit("build first: cargo xtask build")
@@ -206,14 +210,19 @@ http {{
             other = [args.baseline] + serve[1:]
             other[other.index("--listen") + 1] = f"127.0.0.1:{PORT['baseline']}"
             other[other.index("--database") + 1] = f"sqlite://{work}/baseline.db"
-            if args.baseline_components:
+            if args.baseline_components or args.baseline_system:
                 base_cfg = os.path.join(work, "baseline-config")
                 shutil.copytree(cfg, base_cfg)
                 system = os.path.join(base_cfg, "system.yaml")
                 with open(system) as f:
-                    lines = [l for l in f.read().splitlines() if not l.startswith("components_dir:")]
+                    lines = f.read().splitlines()
+                if args.baseline_components:
+                    lines = [l for l in lines if not l.startswith("components_dir:")]
+                    lines.insert(0, f"components_dir: {os.path.abspath(args.baseline_components)}")
+                if args.baseline_system:
+                    lines.append(args.baseline_system)
                 with open(system, "w") as f:
-                    f.write("\n".join([f"components_dir: {os.path.abspath(args.baseline_components)}"] + lines) + "\n")
+                    f.write("\n".join(lines) + "\n")
                 other[other.index("--config") + 1] = base_cfg
             # Its compiled components come from the cache too.
             warm = subprocess.Popen(other, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

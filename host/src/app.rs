@@ -269,6 +269,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
         .unwrap_or_else(|| "127.0.0.1:8000".into());
     let max_body = cfg.system.max_body_bytes;
     let header_timeout = cfg.system.header_read_timeout;
+    let idle_spin = cfg.system.idle_spin;
 
     // Spending so far, so budgets survive a restart.
     let budgets = crate::budget::Budgets::default();
@@ -340,7 +341,16 @@ pub async fn start(opts: Options) -> anyhow::Result<Running> {
                 std::future::pending::<()>().await;
             }
         };
-        crate::server::serve(listener, gateway, header_timeout, connections, stop, sooner).await;
+        crate::server::serve(
+            listener,
+            gateway,
+            header_timeout,
+            idle_spin,
+            connections,
+            stop,
+            sooner,
+        )
+        .await;
     });
     tracing::info!(workers, %addr, "smart-router listening");
     Ok(Running {

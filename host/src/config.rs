@@ -78,6 +78,8 @@ pub struct System {
     pub header_read_timeout: Duration,
     /// How long a shutdown waits for in-flight requests before cutting them off.
     pub shutdown_grace: Duration,
+    /// How long a serving thread polls without sleeping after a request begins (zero: never).
+    pub idle_spin: Duration,
     /// Origins whose browser pages may call the gateway.
     pub cors_origins: CorsOrigins,
     pub components_dir: PathBuf,

@@ -76,8 +76,12 @@ impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Gat
                     && !req.headers().contains_key(axum::http::header::ORIGIN) =>
             {
                 let (app, max_body) = (self.app.clone(), self.max_body);
+                let in_flight = listen::spin::begin();
                 futures_util::future::Either::Left(Box::pin(async move {
-                    Ok(chat::direct(app, req, endpoint, max_body).await)
+                    let response = chat::direct(app, req, endpoint, max_body).await;
+                    // The client's next request follows its answer.
+                    drop(in_flight);
+                    Ok(response)
                 }))
             }
             _ => futures_util::future::Either::Right(tower_service::Service::call(

@@ -438,3 +438,77 @@ async fn requests_one_after_another_reuse_one_upstream_connection() {
     assert_eq!(mock.total_calls(), 9);
     assert_eq!(peers.len(), 1, "{peers:?}");
 }
+
+/// CPU time the serving threads (`serve-N`) of this process have run, from the kernel's
+/// per-thread accounting (nanoseconds, unlike the 10 ms ticks of `/proc/…/stat`).
+fn serving_cpu() -> Duration {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let dir = task.expect("a task").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim_end().starts_with("serve-") {
+            let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+            total += stat
+                .split(' ')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(total)
+}
+
+/// The CPU the serving thread burns in the 20 ms after each of five requests, and in a third of a
+/// second of quiet after them.
+async fn cpu_after_requests(idle_spin_us: u64) -> (Duration, Duration) {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::builder()
+        .providers(&one_channel(&mock))
+        .system(&format!(
+            "components_dir: components\nserver: {{idle_spin_us: {idle_spin_us}}}\n"
+        ))
+        .workers(1)
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+    ask(&gw, &client, "warm up").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut after = Duration::ZERO;
+    for i in 0..5 {
+        ask(&gw, &client, &format!("request {i}")).await;
+        let from = serving_cpu();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after += serving_cpu() - from;
+    }
+    let from = serving_cpu();
+    tokio::time::sleep(Duration::from_millis(330)).await;
+    (after, serving_cpu() - from)
+}
+
+#[tokio::test]
+async fn a_serving_thread_polls_for_its_window_after_a_request_then_sleeps() {
+    // 10 ms windows: five of them burn tens of milliseconds of CPU, where the thread would
+    // otherwise sleep.
+    let (after, quiet) = cpu_after_requests(10_000).await;
+    assert!(
+        after >= Duration::from_millis(10),
+        "the thread slept through its spin windows: {after:?} of CPU in 5 × 20 ms"
+    );
+    assert!(
+        quiet <= Duration::from_millis(5),
+        "the thread kept spinning after its window: {quiet:?} of CPU in 330 ms of quiet"
+    );
+}
+
+#[tokio::test]
+async fn with_idle_spin_off_a_serving_thread_sleeps_between_requests() {
+    let (after, quiet) = cpu_after_requests(0).await;
+    assert!(
+        after <= Duration::from_millis(5),
+        "{after:?} of CPU in 5 × 20 ms after requests, with spinning off"
+    );
+    assert!(
+        quiet <= Duration::from_millis(5),
+        "{quiet:?} of CPU when idle"
+    );
+}

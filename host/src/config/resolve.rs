@@ -316,6 +316,10 @@ fn cors_origins(list: Option<&[String]>) -> Result<CorsOrigins, ConfigError> {
     ))
 }
 
+/// `server.idle_spin_us` when unset.
+pub const DEFAULT_IDLE_SPIN_US: u64 = 200;
+const MAX_IDLE_SPIN_US: u64 = 10_000;
+
 fn system(dir: &Path, f: SystemFile) -> Result<System, ConfigError> {
     let components_dir = dir.join(f.components_dir.as_deref().unwrap_or("components"));
     let default_strategy = f
@@ -350,6 +354,17 @@ fn system(dir: &Path, f: SystemFile) -> Result<System, ConfigError> {
             )
         })?,
     };
+    let idle_spin_us = f.server.idle_spin_us.unwrap_or(DEFAULT_IDLE_SPIN_US);
+    if idle_spin_us > MAX_IDLE_SPIN_US {
+        return Err(ConfigError::at(
+            SYSTEM,
+            "server.idle_spin_us",
+            format!(
+                "must be at most {MAX_IDLE_SPIN_US} (10 ms): a serving thread burns its CPU for \
+                 that long after each request; 0 turns spinning off"
+            ),
+        ));
+    }
     let cache_max_mb = f.cache.max_mb.unwrap_or(64);
     if cache_max_mb > 1 << 20 {
         return Err(ConfigError::at(
@@ -375,6 +390,7 @@ fn system(dir: &Path, f: SystemFile) -> Result<System, ConfigError> {
             f.server.header_read_timeout_secs.unwrap_or(10).max(1),
         ),
         shutdown_grace: Duration::from_secs(f.server.shutdown_grace_secs.unwrap_or(25)),
+        idle_spin: Duration::from_micros(idle_spin_us),
         cors_origins,
         components_dir,
         component_timeout: Duration::from_millis(timeout_ms),
@@ -558,6 +574,33 @@ model_groups:
                 .contains("model_groups.auto:free.channels[0].provider"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn idle_spin_defaults_on_can_be_turned_off_and_is_bounded() {
+        let sys = |yaml: &str| {
+            let f: SystemFile = parse_str(SYSTEM, yaml)?;
+            system(Path::new("/cfg"), f)
+        };
+        assert_eq!(
+            sys("{}").expect("default").idle_spin,
+            Duration::from_micros(DEFAULT_IDLE_SPIN_US)
+        );
+        assert_eq!(
+            sys("server: {idle_spin_us: 0}").expect("off").idle_spin,
+            Duration::ZERO
+        );
+        assert_eq!(
+            sys("server: {idle_spin_us: 10000}").expect("max").idle_spin,
+            Duration::from_millis(10)
+        );
+        let e = sys("server: {idle_spin_us: 10001}").expect_err("too long");
+        assert!(
+            e.to_string()
+                .starts_with("system.yaml: server.idle_spin_us: must be at most 10000"),
+            "{e}"
+        );
+        assert!(sys("server: {idle_spin_us: -1}").is_err());
     }
 
     #[test]
