@@ -305,6 +305,8 @@ http {{
             summary[t]["cpu_us_per_request_c64"] = round(c64_ticks[t] / hz * 1e6 / max(c64_requests[t], 1), 1)
         if args.baseline:
             summary["baseline"]["binary"] = args.baseline
+            if args.baseline_system:
+                summary["baseline"]["system_yaml"] = args.baseline_system
         ratios = {
             "overhead_p50_vs_nginx": summary["gateway"]["overhead_p50_us"] / max(summary["nginx"]["overhead_p50_us"], 1),
             "throughput_c64_vs_nginx": summary["gateway"]["c64_rps"] / summary["nginx"]["c64_rps"],

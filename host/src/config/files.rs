@@ -323,10 +323,10 @@ pub struct ServerSection {
     /// exact origins such as `https://chat.example.com`, or `[]` for none.
     #[serde(default)]
     pub cors_origins: Option<Vec<String>>,
-    /// For this many microseconds after a request begins, its serving thread polls its sockets
-    /// rather than sleeping (default 200, at most 10000; 0: off). Cuts the latency of the next
-    /// packet's wake-up, at the cost of CPU burnt for at most that window after each request.
-    /// Read at start-up.
+    /// For this many microseconds after a request begins and after it is answered, its serving
+    /// thread polls its sockets rather than sleeping, while at most two requests are in flight on
+    /// it (default 200, at most 10000; 0: off). Cuts the latency of the next packet's wake-up, at
+    /// the cost of CPU burnt for at most those windows. Read at start-up.
     #[serde(default)]
     pub idle_spin_us: Option<u64>,
 }
