@@ -58,6 +58,15 @@ def wait_port(port, timeout=20):
     raise SystemExit(f"nothing is listening on {port}")
 
 
+def cpu_model():
+    """The processor's name (machine instances of one kind differ: Intel Xeon, AMD EPYC)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
+    except OSError:
+        return None
+
+
 def body(target, stream=False, big=False):
     model = {"gateway": "auto:bench", "baseline": "auto:bench", "claude": "auto:bench-claude",
              "base-claude": "auto:bench-claude"}.get(target, "bench-a")
@@ -321,7 +330,7 @@ http {{
         result = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "commit": commit,
-            "machine": {"cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
+            "machine": {"cores": os.cpu_count(), "cpu": cpu_model(), "kernel": platform.release(), "python": platform.python_version()},
             "method": f"{args.rounds} interleaved rounds; wrk {args.seconds}s at 1 and 64 connections, and at 64 with a 31 KB conversation; 200 sequential streams per target; medians",
             "summary": summary,
             "ratios": ratios,

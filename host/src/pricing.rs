@@ -183,6 +183,7 @@ mod tests {
             disabled: None,
             separate_rate_limit: false,
             health_check: None,
+            contexts: Vec::new(),
         }
     }
 

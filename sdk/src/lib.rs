@@ -7,6 +7,7 @@
 
 #[cfg(feature = "adapter")]
 pub mod adapter;
+pub mod blocks;
 /// Helpers for adapters that translate OpenAI requests to another provider's format.
 #[cfg(feature = "adapter")]
 pub mod openai;
@@ -24,6 +25,12 @@ pub use strategy::{
     Candidate, Health, Ranking, RequestInfo, Strategy, decimal, push_decimal, push_int,
     scores_explained,
 };
+
+/// Every component built with the SDK allocates through [`blocks::Blocks`] unless its author
+/// turns on the `system-allocator` feature (to install an allocator of their own).
+#[cfg(all(target_family = "wasm", not(feature = "system-allocator")))]
+#[global_allocator]
+static ALLOCATOR: blocks::Blocks = blocks::Blocks::new();
 
 /// JSON support for component authors (the same `serde_json` the SDK uses).
 pub use serde_json as json;
