@@ -447,7 +447,15 @@ fn rewritten<K: Ord + Borrow<str>>(
         if i > 0 {
             out.push(b',');
         }
-        smart_router_sdk::json::to_writer(&mut out, k).map_err(|_| not_an_object())?;
+        if k.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            // Nothing to escape (a key the parse borrowed had no escapes): written as it is,
+            // without the serializer's byte-by-byte escaping walk.
+            out.push(b'"');
+            out.extend_from_slice(k.as_bytes());
+            out.push(b'"');
+        } else {
+            smart_router_sdk::json::to_writer(&mut out, k).map_err(|_| not_an_object())?;
+        }
         out.push(b':');
         out.extend_from_slice(v.get().as_bytes());
     }
@@ -664,6 +672,14 @@ mod tests {
         let out =
             String::from_utf8(with_model(escaped, "m", false).expect("object")).expect("utf-8");
         assert_eq!(out, r#"{"max_tokens":5,"model":"m"}"#);
+        // A key that needs escaping is written escaped again; the others as they came.
+        let quoted = r#"{"a\"b":1,"tab\tkey":2,"back\\slash":3,"plain_key":4}"#;
+        let out =
+            String::from_utf8(with_model(quoted, "m", false).expect("object")).expect("utf-8");
+        assert_eq!(
+            out,
+            r#"{"a\"b":1,"back\\slash":3,"model":"m","plain_key":4,"tab\tkey":2}"#
+        );
         assert!(with_model("[1]", "m", false).is_err());
         assert!(with_model("{} x", "m", false).is_err());
     }
