@@ -22,7 +22,10 @@ At one connection the usage writer commits a transaction for nearly every row, s
 share is larger here than under load, where a transaction carries tens of rows.
 Needs valgrind (Debian's `valgrind`, on every machine of this kind).
 """
-import bisect, collections, glob, http.client, json, os, re, shutil, signal, subprocess, sys, tempfile, time
+import bisect, collections, glob, http.client, os, re, shutil, signal, subprocess, sys, tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import KEY, body, wait_port  # the bench's own request, key and wait  # noqa: E402
 
 if len(sys.argv) < 4:
     raise SystemExit(__doc__)
@@ -32,29 +35,8 @@ BREAKDOWN = os.environ.get("BREAKDOWN") == "1"
 MOCK, PORT = 19401, 19402
 work = tempfile.mkdtemp(prefix="sr-instr-")
 
-body = {"model": "auto:bench", "stream": os.environ.get("STREAM") == "1",
-        "messages": [{"role": "user", "content": "Say hello to the benchmark"}]}
-if os.environ.get("BIG") == "1":
-    body["messages"] = [{"role": "system", "content": "You are a helpful assistant. " * 40}] + [
-        {"role": "user" if i % 2 == 0 else "assistant",
-         "content": "Here is some context about the WebAssembly component model and routing; " * 10 + str(i)}
-        for i in range(40)]
-BODY = json.dumps(body)
-HEADERS = {"Authorization": "Bearer sk-bench", "Content-Type": "application/json"}
-
-
-def wait(port, proc, seconds=300):
-    for _ in range(seconds * 5):
-        if proc.poll() is not None:
-            raise SystemExit(f"the process for port {port} exited ({proc.returncode})")
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/health")
-            c.getresponse().read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"nothing is listening on {port}")
+BODY = body("gateway", stream=os.environ.get("STREAM") == "1", big=os.environ.get("BIG") == "1")
+HEADERS = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 
 
 def config(name, comps):
@@ -75,7 +57,7 @@ def measure(name, binary, comps, out):
     db = os.path.join(work, f"{name}.db")
     for f in glob.glob(db + "*"):
         os.remove(f)
-    env = {**os.environ, "SMART_ROUTER_MASTER_KEY": "sk-bench", "SMART_ROUTER_LOG": "warn"}
+    env = {**os.environ, "SMART_ROUTER_MASTER_KEY": KEY, "SMART_ROUTER_LOG": "warn"}
     if BREAKDOWN:
         env["SMART_ROUTER_WASM_PERFMAP"] = "1"
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
@@ -83,7 +65,7 @@ def measure(name, binary, comps, out):
            "--component-cache", os.path.join(work, f"cache-{name}")]
     gw = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait(PORT, gw)
+        wait_port(PORT, timeout=300, proc=gw)
         c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=60)
 
         def one():

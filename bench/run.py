@@ -45,9 +45,12 @@ def ensure(tool, package):
         subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
-def wait_port(port, timeout=20):
+def wait_port(port, timeout=20, proc=None):
+    """Waits for `port` to answer HTTP; gives up at once if `proc` (its server) has exited."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the server for port {port} exited ({proc.returncode})")
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             c.request("GET", "/")

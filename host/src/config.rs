@@ -8,7 +8,6 @@ mod resolve;
 
 use std::collections::BTreeMap;
 
-use crate::components::adapter_api::exports::smart_router::gateway::translation::RequestContext;
 use rustc_hash::FxHashMap as HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -141,9 +140,6 @@ pub struct Channel {
     pub separate_rate_limit: bool,
     /// Explicit opt-in or opt-out of active health checks.
     pub health_check: Option<bool>,
-    /// What its adapter is told about each request, built once per configuration: indexed by
-    /// `is_stream` and `include_usage` (see [`Channel::context`]). Empty until resolved.
-    pub contexts: Vec<RequestContext>,
 }
 
 impl Channel {
@@ -174,26 +170,6 @@ impl Channel {
         self.capabilities
             .as_ref()
             .is_some_and(|caps| caps.contains(&Capability::Embeddings))
-    }
-
-    /// The adapter's request context for a request that streams (or not) and asks for usage in
-    /// its stream (or not): the channel's model and its provider's options.
-    pub fn context(&self, is_stream: bool, include_usage: bool) -> Option<&RequestContext> {
-        self.contexts
-            .get(usize::from(is_stream) * 2 + usize::from(include_usage))
-    }
-
-    /// Fills in [`Channel::contexts`] from its provider.
-    pub(crate) fn set_contexts(&mut self, provider: &Provider) {
-        self.contexts = [(false, false), (false, true), (true, false), (true, true)]
-            .into_iter()
-            .map(|(is_stream, include_usage)| RequestContext {
-                model: self.model.clone(),
-                is_stream,
-                include_usage,
-                options: provider.options_json.clone(),
-            })
-            .collect();
     }
 
     pub fn has(&self, capability: Capability) -> bool {

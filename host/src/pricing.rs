@@ -183,7 +183,6 @@ mod tests {
             disabled: None,
             separate_rate_limit: false,
             health_check: None,
-            contexts: Vec::new(),
         }
     }
 

@@ -244,21 +244,11 @@ pub async fn attempt(
         stats.quota.cancel(&reservation);
         scope.app.budgets.release(&hold);
     };
-    // Built once per configuration; borrowed from the configuration, not from `channel`, which
-    // the attempt takes over.
-    let (is_stream, include_usage) = (scope.facts.is_stream, scope.facts.include_usage);
-    let built;
-    let ctx = match scope.cfg.channels[idx].context(is_stream, include_usage) {
-        Some(ctx) => ctx,
-        None => {
-            built = RequestContext {
-                model: channel.model.clone(),
-                is_stream,
-                include_usage,
-                options: provider.options_json.clone(),
-            };
-            &built
-        }
+    let ctx = RequestContext {
+        model: channel.model.clone(),
+        is_stream: scope.facts.is_stream,
+        include_usage: scope.facts.include_usage,
+        options: provider.options_json.clone(),
     };
     let mut session = match adapter.session(&scope.app.runtime) {
         Ok(s) => s,
@@ -269,9 +259,9 @@ pub async fn attempt(
     };
     let embeddings = scope.facts.endpoint == Endpoint::Embeddings;
     let translated = if embeddings {
-        session.translate_embeddings_request(ctx, &scope.body)
+        session.translate_embeddings_request(&ctx, &scope.body)
     } else {
-        session.translate_request(ctx, &scope.body)
+        session.translate_request(&ctx, &scope.body)
     };
     let http = match translated {
         Ok(Ok(r)) => r,
@@ -360,7 +350,7 @@ pub async fn attempt(
     if scope.facts.is_stream {
         // Boxed: inline, its state (about 3.5 KB) would make every attempt's future that much
         // larger, and every request would copy it on the way in.
-        return Box::pin(stream::start(att, session, ctx.clone(), resp, guard)).await;
+        return Box::pin(stream::start(att, session, ctx, resp, guard)).await;
     }
     let waiting = Instant::now();
     let body = tokio::select! {
@@ -382,10 +372,10 @@ pub async fn attempt(
     };
     let translated = if embeddings {
         session
-            .translate_embeddings_response(ctx, resp.status, &body)
+            .translate_embeddings_response(&ctx, resp.status, &body)
             .map(|r| r.map(|out| with_estimated_usage(out, scope.facts.estimated_prompt_tokens)))
     } else {
-        session.translate_response(ctx, resp.status, &body)
+        session.translate_response(&ctx, resp.status, &body)
     };
     match translated {
         Ok(Ok(out)) if !is_json_object(&out.body) => {

@@ -27,7 +27,6 @@ pub(super) fn new_channel(id: String, provider: String, model: String) -> Channe
         disabled: None,
         separate_rate_limit: false,
         health_check: None,
-        contexts: Vec::new(),
     }
 }
 

@@ -236,11 +236,6 @@ pub fn resolve(
         .enumerate()
         .map(|(i, p)| crate::pricing::Policy::parse(i, p))
         .collect::<Result<Vec<_>, _>>()?;
-    for ch in &mut channels {
-        if let Some(provider) = providers.get(&ch.provider) {
-            ch.set_contexts(provider);
-        }
-    }
     let clock = crate::quota::DayClock::new(system.timezone.clone());
     Ok(Config {
         dir: dir.to_path_buf(),
